@@ -1,0 +1,144 @@
+"""Truncated SVDs of weight matrices: an exact path and two fast ones.
+
+- ``exact_svd``: ``torch.linalg.svd`` in float64, the reference.
+- ``gram_svd``: eigendecomposition of the smaller Gram matrix ``A A^T`` in float64.
+  Singular values carry float64 rounding of ``s**2``: relative error below ``1e-6``
+  for every ``s_i >= 1e-5 * s_1``; smaller ones lose relative accuracy (they hold no
+  energy a rank criterion could see).
+- ``SubspaceProjector``: the TRP training path. Its full step forms the Gram matrix in
+  the weight's precision and diagonalizes it in float64 (a ``512 x 4608`` kernel: 0.035 s
+  against 0.6 s for float64 ``torch.linalg.svd`` on 2 CPU cores). Between projections
+  it keeps each layer's dominant left subspace (rank plus oversampling) and refreshes it
+  with one power iteration and a small Rayleigh-Ritz step, about ``3 n K k`` work
+  instead of ``n^2 K``; it falls back to the full step on the first call, when the rank
+  outgrows the tracked subspace, when the subspace exceeds a quarter of the rows, or
+  when the criterion needs the whole spectrum.
+  Measured error of the projected weight against the exact rank-``r`` truncation
+  (relative Frobenius norm, resnet18 kernels after 30 projections with a ``1e-3``
+  perturbation between them): full step ``4e-7``, tracked step ``2e-5`` (``5e-6`` with
+  ``power_iterations=2``). ``tests/test_lowrank.py`` checks both bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .criteria import RankCriterion
+
+Method = Literal["subspace", "gram", "exact"]
+METHODS: tuple[Method, ...] = ("subspace", "gram", "exact")
+
+
+def exact_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD ``u diag(s) vh`` computed in float64, returned in float64."""
+    return torch.linalg.svd(matrix.double(), full_matrices=False)
+
+
+def gram_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD through the eigendecomposition of the smaller Gram matrix (float64)."""
+    a = matrix.double()
+    wide = a.shape[0] <= a.shape[1]
+    if not wide:
+        a = a.T
+    evals, evecs = torch.linalg.eigh(a @ a.T)
+    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+    s = evals.sqrt()
+    safe = torch.where(s > s[0] * 1e-12, s, torch.ones_like(s)) if s.numel() else s
+    vh = (evecs.T @ a) / safe[:, None]
+    if not wide:
+        return vh.T, s, evecs.T
+    return evecs, s, vh
+
+
+def svd(matrix: Tensor, method: Method = "exact") -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD with ``method`` ``exact`` or ``gram`` (``subspace`` needs state: see below)."""
+    if method == "exact":
+        return exact_svd(matrix)
+    if method in ("gram", "subspace"):
+        return gram_svd(matrix)
+    raise ValueError(f"unknown SVD method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+@dataclass
+class Projection:
+    """Result of projecting one matrix to rank ``rank``."""
+
+    rank: int
+    projected: Tensor  # rank-r approximation, same shape and dtype as the input
+    nuclear_direction: Tensor  # U_r V_r^T, the nuclear-norm sub-gradient direction
+    singular_values: Tensor  # leading singular values known (float64)
+    full: bool  # True when the full spectrum was computed
+
+
+class SubspaceProjector:
+    """Rank-``r`` projection of one layer's matrix, warm-started between calls."""
+
+    def __init__(self, method: Method = "subspace", oversample: int = 8, power_iterations: int = 1):
+        if method not in METHODS:
+            raise ValueError(f"unknown SVD method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method = method
+        self.oversample = oversample
+        self.power_iterations = power_iterations
+        self.basis: Tensor | None = None  # orthonormal columns spanning the dominant subspace
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        return {"basis": self.basis}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        self.basis = state.get("basis")
+
+    @torch.no_grad()
+    def __call__(self, matrix: Tensor, criterion: RankCriterion) -> Projection:
+        wide = matrix.shape[0] <= matrix.shape[1]
+        a = matrix if wide else matrix.T
+        result = self._tracked(a, criterion) if self.method == "subspace" else None
+        if result is None:
+            u, s, rank = self._full(a, criterion)
+            u_r = u[:, :rank].to(a.dtype)
+            coeff = u_r.T @ a  # r x K, rows are s_i v_i^T
+        else:
+            u, s, rank, coeff = result
+            u_r = u[:, :rank].to(a.dtype)
+        if self.method == "subspace":
+            keep = min(a.shape[0], rank + max(self.oversample, rank // 4))
+            self.basis = u[:, :keep].to(matrix.dtype).contiguous()
+        s_r = s[:rank].clamp_min(torch.finfo(torch.float32).tiny).to(a.dtype)
+        both = u_r @ torch.cat([coeff, coeff / s_r[:, None]], dim=1)
+        projected, direction = both[:, : a.shape[1]], both[:, a.shape[1] :]
+        if not wide:
+            projected, direction = projected.T, direction.T
+        return Projection(rank, projected.contiguous(), direction.contiguous(), s, result is None)
+
+    def _full(self, a: Tensor, criterion: RankCriterion) -> tuple[Tensor, Tensor, int]:
+        if self.method == "exact":
+            u, s, _ = exact_svd(a)
+        else:  # Gram in the weight's precision, eigendecomposition in float64
+            evals, u = torch.linalg.eigh((a @ a.T).double())
+            s, u = evals.flip(0).clamp_min(0.0).sqrt(), u.flip(1)
+        return u, s, criterion(s.float())
+
+    def _tracked(
+        self, a: Tensor, criterion: RankCriterion
+    ) -> tuple[Tensor, Tensor, int, Tensor] | None:
+        q = self.basis
+        # past a quarter of the rows, the full Gram path is the cheaper one
+        if q is None or q.shape[0] != a.shape[0] or 4 * q.shape[1] > a.shape[0]:
+            return None
+        q = q.to(a.dtype)
+        for _ in range(self.power_iterations):
+            q, _ = torch.linalg.qr(a @ (a.T @ q))
+        b = q.T @ a  # k x K
+        evals, evecs = torch.linalg.eigh((b @ b.T).double())
+        evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+        s_top = evals.sqrt()
+        total = float(torch.linalg.vector_norm(a)) ** 2
+        rank = criterion.select_partial(s_top.float(), total, a.shape[0])
+        if rank is None or rank >= q.shape[1]:
+            return None
+        rank = max(1, rank)
+        w_r = evecs[:, :rank].to(a.dtype)
+        return (q @ evecs.to(a.dtype)), s_top, rank, w_r.T @ b

@@ -1,0 +1,218 @@
+"""The TRP training hook: periodic low-rank projection plus a nuclear-norm sub-gradient.
+
+Usage in any training loop::
+
+    trp = TRP(model, scheme="channel", energy=0.9, period=20).attach(optimizer)
+    ...  # train as usual; optimizer.step() (or GradScaler.step) drives the hook
+    plan = trp.project()  # final projection, {layer name: rank}
+
+Optimizer steps are counted from 0. Step ``s`` is a *period step* when
+``(s + 1) % period == 0``. Right before a period step's forward pass (i.e. after the
+previous step, or at ``attach`` for step 0) every target weight is replaced by its
+rank-``r`` truncation, ``r`` chosen by the energy criterion; the period step's
+``optimizer.step()`` then adds ``nuclear_weight * U_r V_r^T`` from that same SVD to the
+weight's gradient. Optimizer state (momentum, Adam moments) is left untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .convs import ConvGeometry, is_plain
+from .criteria import EnergyThreshold, FixedRank, RankCriterion
+from .lowrank import Method, SubspaceProjector
+from .modules import canonical_name, unwrap_model
+from .schemes import Scheme, get_scheme
+from .targets import Patterns, select_targets
+
+
+class TRP:
+    """Trained Rank Pruning for the convs of ``model`` (DDP-wrapped models welcome)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scheme: str | Scheme = "channel",
+        energy: float | RankCriterion = 0.9,
+        period: int = 20,
+        nuclear_weight: float = 3e-4,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        *,
+        plan: Mapping[str, int] | None = None,
+        method: Method = "subspace",
+    ) -> None:
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"period must be a positive int (optimizer steps), got {period!r}")
+        if nuclear_weight < 0:
+            raise ValueError(f"nuclear_weight must be >= 0, got {nuclear_weight!r}")
+        self.model = unwrap_model(model)
+        self.scheme = get_scheme(scheme)
+        self.criterion = energy if isinstance(energy, RankCriterion) else EnergyThreshold(energy)
+        self.period = period
+        self.nuclear_weight = float(nuclear_weight)
+        self.plan = (
+            {canonical_name(k): int(v) for k, v in plan.items()} if plan is not None else None
+        )
+        targets = select_targets(self.model, include, exclude, names=self.plan)
+        standardized = [n for n, m in targets.items() if not is_plain(m)]
+        if standardized and self.plan is not None:
+            raise ValueError(
+                "weight-standardized convs cannot be trained low-rank by projection: "
+                f"{standardized}"
+            )
+        self.targets = {n: m for n, m in targets.items() if is_plain(m)}
+        if not self.targets:
+            raise ValueError(
+                "TRP found no conv layer to train low-rank; check include/exclude/plan"
+            )
+        self.projectors = {n: SubspaceProjector(method) for n in self.targets}
+        self.step = 0
+        self.ranks: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []
+        self.projection_seconds = 0.0
+        self.full_decompositions = 0
+        self.tracked_decompositions = 0
+        self._pending: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+
+    # -- schedule ---------------------------------------------------------------------
+    def is_period_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (0-based) projects and gets the sub-gradient."""
+        return (step + 1) % self.period == 0
+
+    def criterion_for(self, name: str) -> RankCriterion:
+        """The rank criterion of one layer (the energy criterion, capped by the plan)."""
+        if self.plan is not None:
+            return self.criterion & FixedRank(self.plan[name])
+        return self.criterion
+
+    # -- hooks ------------------------------------------------------------------------
+    def attach(self, optimizer: Optimizer) -> TRP:
+        """Hook into ``optimizer.step()``; returns ``self``."""
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [n for n, m in self.targets.items() if id(m.weight) not in optimized]
+        if missing:
+            raise ValueError(
+                f"the optimizer does not update the weights of {missing[:5]}; build the optimizer "
+                "from this model's parameters (after any DDP wrapping) before attaching TRP"
+            )
+        self.detach()
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+        if self.is_period_step(self.step) and not self._pending:
+            self._project(queue_direction=True)
+        return self
+
+    def detach(self) -> None:
+        """Remove the optimizer hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._pending:
+            return
+        for name, direction in self._pending.items():
+            grad = self.targets[name].weight.grad
+            if grad is not None:
+                grad.add_(direction, alpha=self.nuclear_weight)
+        self._pending = {}
+
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self.step += 1
+        if self.is_period_step(self.step):
+            self._project(queue_direction=True)
+
+    # -- projection -------------------------------------------------------------------
+    def project(self) -> dict[str, int]:
+        """Project every target weight to its low rank now; returns ``{name: rank}``."""
+        self._project(queue_direction=False)
+        return dict(self.ranks)
+
+    @torch.no_grad()
+    def _project(self, queue_direction: bool) -> None:
+        start = time.perf_counter()
+        for name, conv in self.targets.items():
+            weight = conv.weight
+            result = self.projectors[name](self.scheme.to_matrix(weight), self.criterion_for(name))
+            weight.copy_(self.scheme.from_matrix(result.projected, tuple(weight.shape)))
+            self.ranks[name] = result.rank
+            if result.full:
+                self.full_decompositions += 1
+            else:
+                self.tracked_decompositions += 1
+            if queue_direction and self.nuclear_weight > 0:
+                self._pending[name] = self.scheme.from_matrix(
+                    result.nuclear_direction, tuple(weight.shape)
+                )
+        self._sync_ranks()
+        self.projection_seconds += time.perf_counter() - start
+        self.history.append({"step": self.step, "ranks": dict(self.ranks)})
+
+    def _sync_ranks(self) -> None:
+        """Make every DDP process hold rank 0's projected weights and pending gradients."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        for name, conv in self.targets.items():
+            dist.broadcast(conv.weight.data, src=0)
+            if name in self._pending:
+                dist.broadcast(self._pending[name], src=0)
+
+    # -- reporting and checkpoints ----------------------------------------------------
+    def macs_per_pixel(self) -> dict[str, tuple[int, int]]:
+        """``{name: (dense, factorized)}`` multiply-adds per output pixel at the current ranks."""
+        out = {}
+        for name, rank in self.ranks.items():
+            geom = ConvGeometry.of(self.targets[name])
+            out[name] = (
+                self.scheme.dense_macs_per_pixel(geom),
+                self.scheme.factorized_macs_per_pixel(geom, rank),
+            )
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (step, ranks, pending gradients, subspaces)."""
+        return {
+            "step": self.step,
+            "ranks": dict(self.ranks),
+            "history": list(self.history),
+            "pending": {n: t.clone() for n, t in self._pending.items()},
+            "projectors": {n: p.state_dict() for n, p in self.projectors.items()},
+            "projection_seconds": self.projection_seconds,
+            "full_decompositions": self.full_decompositions,
+            "tracked_decompositions": self.tracked_decompositions,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        unknown = set(state.get("ranks", {})) - set(self.targets)
+        if unknown:
+            raise ValueError(
+                f"TRP state names layers this hook does not target: {sorted(unknown)[:5]}"
+            )
+        self.step = int(state["step"])
+        self.ranks = dict(state.get("ranks", {}))
+        self.history = list(state.get("history", []))
+        self._pending = {
+            n: t.to(self.targets[n].weight.device) for n, t in state.get("pending", {}).items()
+        }
+        for name, proj_state in state.get("projectors", {}).items():
+            self.projectors[name].load_state_dict(proj_state)
+        self.projection_seconds = float(state.get("projection_seconds", 0.0))
+        self.full_decompositions = int(state.get("full_decompositions", 0))
+        self.tracked_decompositions = int(state.get("tracked_decompositions", 0))
+
+    def __repr__(self) -> str:
+        return (
+            f"TRP(scheme={self.scheme.name}, criterion={self.criterion!r}, period={self.period}, "
+            f"nuclear_weight={self.nuclear_weight}, layers={len(self.targets)}, step={self.step})"
+        )
