@@ -253,3 +253,39 @@ def test_ddp_ranks_hold_identical_weights(tmp_path) -> None:
     assert result["names"] == ["4"]  # DDP's module. prefix is gone
     assert result["ranks"]["4"] <= 6
     torch.testing.assert_close(result["weights"][0], result["weights"][1], atol=0, rtol=0)
+
+
+def test_nuclear_only_adds_full_rank_subgradient_without_projecting() -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights only change by projection
+    hook = TRP(model, "channel", energy=0.5, period=1, nuclear_weight=LAMBDA, project=False)
+    hook.attach(opt)
+    conv = hook.targets["4"]
+    before = conv.weight.detach().clone()
+    opt.zero_grad()
+    backward(model, 0)
+    raw = conv.weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(conv.weight.detach(), before, atol=0, rtol=0)
+    u, _, vh = exact_svd(before.reshape(32, -1))
+    expected = LAMBDA * (u @ vh).float().reshape_as(before)  # all 32 singular directions
+    torch.testing.assert_close(conv.weight.grad - raw, expected, atol=1e-6, rtol=1e-4)
+    assert hook.ranks["4"] < 32  # ranks are still reported by the energy criterion
+    hook.project()
+    assert matrix_rank(hook, "4") == hook.ranks["4"]
+
+
+def test_resume_at_a_period_step_does_not_project_twice() -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hook = TRP(model, "channel", energy=0.6, period=2, nuclear_weight=0.0).attach(opt)
+    opt.zero_grad()
+    backward(model, 0)
+    opt.step()  # step 1 is a period step: projected now
+    assert len(hook.history) == 1
+    state = copy.deepcopy(hook.state_dict())
+    hook2 = TRP(model, "channel", energy=0.6, period=2, nuclear_weight=0.0)
+    hook2.load_state_dict(state)
+    hook.detach()
+    hook2.attach(opt)
+    assert len(hook2.history) == 1  # no second projection of the restored weights

@@ -1,5 +1,6 @@
 """trp-zoo: Trained Rank Pruning for timm CNNs, a low-rank model zoo, and fast engines."""
 
+from . import models  # noqa: F401  (registers CIFAR ResNets with timm)
 from .criteria import (
     EnergyThreshold,
     FixedRank,

@@ -63,6 +63,15 @@ def svd(matrix: Tensor, method: Method = "exact") -> tuple[Tensor, Tensor, Tenso
     raise ValueError(f"unknown SVD method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+def nuclear_subgradient(matrix: Tensor, rel_tol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """``U V^T`` over the singular values above ``rel_tol * s_1`` (a sub-gradient of the
+    nuclear norm: components at zero may take any direction of norm <= 1, here zero),
+    and the singular values. Computed through the float64 Gram matrix."""
+    u, s, vh = gram_svd(matrix)
+    keep = int((s > rel_tol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    return (u[:, :keep] @ vh[:keep]).to(matrix.dtype), s
+
+
 @dataclass
 class Projection:
     """Result of projecting one matrix to rank ``rank``."""

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from .convs import ConvGeometry, is_plain
 from .criteria import EnergyThreshold, FixedRank, RankCriterion
-from .lowrank import Method, SubspaceProjector
+from .lowrank import Method, SubspaceProjector, nuclear_subgradient
 from .modules import canonical_name, unwrap_model
 from .schemes import Scheme, get_scheme
 from .targets import Patterns, select_targets
@@ -48,6 +48,7 @@ class TRP:
         *,
         plan: Mapping[str, int] | None = None,
         method: Method = "subspace",
+        project: bool = True,
     ) -> None:
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"period must be a positive int (optimizer steps), got {period!r}")
@@ -58,6 +59,7 @@ class TRP:
         self.criterion = energy if isinstance(energy, RankCriterion) else EnergyThreshold(energy)
         self.period = period
         self.nuclear_weight = float(nuclear_weight)
+        self.projecting = project
         self.plan = (
             {canonical_name(k): int(v) for k, v in plan.items()} if plan is not None else None
         )
@@ -81,6 +83,7 @@ class TRP:
         self.full_decompositions = 0
         self.tracked_decompositions = 0
         self._pending: dict[str, Tensor] = {}
+        self._projected_step: int | None = None  # the period step the last projection prepared
         self._handles: list[Any] = []
 
     # -- schedule ---------------------------------------------------------------------
@@ -109,7 +112,7 @@ class TRP:
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
         ]
-        if self.is_period_step(self.step) and not self._pending:
+        if self.is_period_step(self.step) and self._projected_step != self.step:
             self._project(queue_direction=True)
         return self
 
@@ -135,14 +138,21 @@ class TRP:
 
     # -- projection -------------------------------------------------------------------
     def project(self) -> dict[str, int]:
-        """Project every target weight to its low rank now; returns ``{name: rank}``."""
-        self._project(queue_direction=False)
+        """Project every target weight to its low rank now; returns ``{name: rank}``.
+
+        Projects also when the hook was built with ``project=False`` (nuclear norm only).
+        """
+        self._project(queue_direction=False, projecting=True)
         return dict(self.ranks)
 
     @torch.no_grad()
-    def _project(self, queue_direction: bool) -> None:
+    def _project(self, queue_direction: bool, projecting: bool | None = None) -> None:
         start = time.perf_counter()
-        for name, conv in self.targets.items():
+        if projecting is None:
+            projecting = self.projecting
+        if not projecting:
+            self._nuclear_only(queue_direction)
+        for name, conv in self.targets.items() if projecting else ():
             weight = conv.weight
             result = self.projectors[name](self.scheme.to_matrix(weight), self.criterion_for(name))
             weight.copy_(self.scheme.from_matrix(result.projected, tuple(weight.shape)))
@@ -156,8 +166,20 @@ class TRP:
                     result.nuclear_direction, tuple(weight.shape)
                 )
         self._sync_ranks()
+        if queue_direction:
+            self._projected_step = self.step
         self.projection_seconds += time.perf_counter() - start
         self.history.append({"step": self.step, "ranks": dict(self.ranks)})
+
+    def _nuclear_only(self, queue_direction: bool) -> None:
+        """Nuclear-norm regularization alone: full-rank ``U V^T`` sub-gradient, no projection."""
+        for name, conv in self.targets.items():
+            weight = conv.weight
+            direction, s = nuclear_subgradient(self.scheme.to_matrix(weight))
+            self.ranks[name] = self.criterion_for(name)(s.float())
+            self.full_decompositions += 1
+            if queue_direction and self.nuclear_weight > 0:
+                self._pending[name] = self.scheme.from_matrix(direction, tuple(weight.shape))
 
     def _sync_ranks(self) -> None:
         """Make every DDP process hold rank 0's projected weights and pending gradients."""
@@ -187,6 +209,7 @@ class TRP:
             "ranks": dict(self.ranks),
             "history": list(self.history),
             "pending": {n: t.clone() for n, t in self._pending.items()},
+            "projected_step": self._projected_step,
             "projectors": {n: p.state_dict() for n, p in self.projectors.items()},
             "projection_seconds": self.projection_seconds,
             "full_decompositions": self.full_decompositions,
@@ -205,6 +228,7 @@ class TRP:
         self._pending = {
             n: t.to(self.targets[n].weight.device) for n, t in state.get("pending", {}).items()
         }
+        self._projected_step = state.get("projected_step")
         for name, proj_state in state.get("projectors", {}).items():
             self.projectors[name].load_state_dict(proj_state)
         self.projection_seconds = float(state.get("projection_seconds", 0.0))

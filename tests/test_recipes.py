@@ -1,0 +1,286 @@
+"""Every recipe runs end to end on tiny data in its real on-disk format."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from tests.fakedata import write_cifar10, write_fashion_mnist, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "16",
+    "--no-progress",
+    "--workers",
+    "0",
+]
+
+
+def run(script: str, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "recipes" / script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+def test_fashion_mnist_recipe_end_to_end(fmnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run(
+        "fashion_mnist_resnet18.py",
+        "--data-dir",
+        str(fmnist),
+        "--output-dir",
+        str(out),
+        "--period",
+        "2",
+        "--energy",
+        "0.8",
+        *QUICK,
+    )
+    res = results(out)
+    assert res["training"]["optimizer_steps"] == 12  # 96 images / batch 8
+    low = res["decomposed"]
+    assert low["scheme"] == "channel" and low["rank_plan"]
+    assert low["macs"] < res["dense"]["macs"] and low["macs_reduction"] > 1.0
+    # projected weights decompose losslessly: both forms classify the test set alike
+    assert low["top1"] == pytest.approx(res["dense"]["top1"], abs=100 / 48 + 1e-6)
+    assert "| decomposed (channel), no fine-tuning" in proc.stdout
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+    for plot in ("curves.png", "ranks.png", "spectra.png"):
+        assert (out / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cifar10_recipes(tmp_path: Path) -> None:
+    data = write_cifar10(tmp_path / "data")
+    for script, scheme in (("cifar10_resnet20.py", "spatial"), ("cifar10_resnet56.py", "channel")):
+        out = tmp_path / script
+        run(
+            script,
+            "--data-dir",
+            str(data.parent),
+            "--output-dir",
+            str(out),
+            "--scheme",
+            scheme,
+            "--limit-train-batches",
+            "3",
+            *QUICK,
+        )
+        res = results(out)
+        assert res["config"]["model"].startswith("cifar_resnet")
+        assert res["data"]["train_images"] == 80 and res["data"]["val_images"] == 16
+        assert res["decomposed"]["scheme"] == scheme
+
+
+def test_imagenet_recipes_from_dense_weights(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "imagenet")
+    weights = tmp_path / "dense.pth"
+    dense = timm.create_model("resnet18", num_classes=3)
+    torch.save(dense.state_dict(), weights)
+    out = tmp_path / "r18"
+    run(
+        "imagenet_resnet18.py",
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--pretrained",
+        str(weights),
+        "--limit-val-batches",
+        "1",
+        *QUICK,
+    )
+    res = results(out)
+    assert res["data"]["input_size"] == [3, 224, 224]
+    assert res["config"]["pretrained"] == str(weights)
+    out50 = tmp_path / "r50"
+    run(
+        "imagenet_resnet50.py",
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out50),
+        "--pretrained",
+        "none",
+        "--limit-train-batches",
+        "1",
+        "--limit-val-batches",
+        "1",
+        *QUICK,
+    )
+    assert results(out50)["decomposed"]["rank_plan"]
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("fashion_mnist_resnet18.py", "t10k-images-idx3-ubyte"),
+        ("cifar10_resnet20.py", "data_batch_1"),
+        ("imagenet_resnet50.py", "DIR/train/<class>/<image>"),
+    ],
+)
+def test_missing_data_dir_names_the_layout(script: str, expected: str, tmp_path: Path) -> None:
+    proc = run(
+        script,
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        "--pretrained",
+        "none",
+        "--output-dir",
+        str(tmp_path / "o"),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_pretrained_file_is_a_clear_error(fmnist: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    proc = run(
+        "fashion_mnist_resnet18.py",
+        "--data-dir",
+        str(fmnist),
+        "--pretrained",
+        str(bad),
+        "--output-dir",
+        str(tmp_path / "o"),
+        *QUICK,
+        check=False,
+    )
+    assert proc.returncode != 0 and "--pretrained" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_refuses_to_overwrite_a_run_without_resume(fmnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "--data-dir",
+        str(fmnist),
+        "--output-dir",
+        str(out),
+        "--limit-train-batches",
+        "2",
+        *QUICK,
+    ]
+    run("fashion_mnist_resnet18.py", *args)
+    proc = run("fashion_mnist_resnet18.py", *args, check=False)
+    assert proc.returncode != 0 and "--resume" in proc.stderr
+
+
+def _digest(out: Path) -> str:
+    return results(out)["weight_digests"][0]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Path) -> None:
+    common = [
+        "--data-dir",
+        str(fmnist),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--period",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        "--seed",
+        "7",
+    ]
+    straight = tmp_path / "straight"
+    run("fashion_mnist_resnet18.py", *common, "--output-dir", str(straight))
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "fashion_mnist_resnet18.py"),
+        *common,
+        "--output-dir",
+        str(killed),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    ckpts = killed / "checkpoints"
+
+    # kill -9 in the middle of the first epoch (12 steps per epoch), after step 6's checkpoint
+    def reached() -> bool:
+        return ckpts.is_dir() and any(
+            p.name >= "step-000000006.pt" for p in ckpts.glob("step-*.pt")
+        )
+
+    while time.time() < deadline and not reached():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    # a kill while writing leaves a temp file behind; a damaged newest file is skipped
+    (ckpts / ".step-000000099.pt.abc.tmp").write_bytes(b"partial")
+    newest = max(p for p in ckpts.iterdir() if p.name.startswith("step-"))
+    newest.write_bytes(newest.read_bytes()[:1000])
+
+    run("fashion_mnist_resnet18.py", *common, "--output-dir", str(killed), "--resume")
+    assert _digest(killed) == _digest(straight)
+    history = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert results(killed)["dense"]["top1"] == results(straight)["dense"]["top1"]
+
+
+def test_torchrun_two_processes_on_cpu(fmnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "recipes" / "fashion_mnist_resnet18.py"),
+        "--data-dir",
+        str(fmnist),
+        "--output-dir",
+        str(out),
+        "--period",
+        "2",
+        *QUICK,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = results(out)
+    assert res["training"]["processes"] == 2
+    assert res["training"]["optimizer_steps"] == 6  # 96 images / (2 ranks x 8)
+    digests = res["weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # identical after TRP projections
+    assert len(res["decomposed"]["rank_plan"]) > 0
+    # one copy of every file, written by rank 0
+    assert proc.stdout.count("| decomposed (channel)") == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000000006.pt"]

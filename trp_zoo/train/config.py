@@ -1,0 +1,190 @@
+"""Training configuration and the recipes' shared command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..lowrank import METHODS
+from ..schemes import SCHEMES
+from .data import DATASETS
+
+
+@dataclass
+class TrainConfig:
+    """Everything a recipe run depends on (saved with every checkpoint)."""
+
+    # model and data
+    model: str = "resnet18"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    download: bool = False
+    pretrained: str | None = None  # dense starting weights: a file or an hf-hub id
+    # TRP
+    trp: bool = True
+    project: bool = True  # False: nuclear-norm regularization only
+    scheme: str = "channel"
+    energy: float = 0.9
+    period: int = 20
+    nuclear_weight: float = 3e-4
+    svd_method: str = "subspace"
+    rank_plan: str | None = None  # JSON file {layer: rank}: caps each layer's rank
+    # optimization
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 0.1
+    opt: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    sched: str = "cosine"
+    decay_milestones: list[int] = field(default_factory=list)
+    decay_rate: float = 0.1
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    accum_steps: int = 1
+    amp: str = "none"
+    channels_last: bool = False
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    # limits (smoke tests, quick looks)
+    limit_train_batches: int = 0
+    limit_val_batches: int = 0
+    # output
+    output_dir: str = "runs/run"
+    resume: bool = False
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: per epoch)
+    model_name: str | None = None  # local registry name; "{scheme}" becomes ch/sp
+    push_to_hub: str | None = None
+    publish_mirror: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _bool_flag(parser: argparse._ActionsContainer, name: str, default: bool, help: str) -> None:
+    parser.add_argument(
+        f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help
+    )
+
+
+def build_parser(defaults: TrainConfig, description: str | None = None) -> argparse.ArgumentParser:
+    """The recipes' command line, with ``defaults`` shown in ``--help``."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    d = defaults
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=d.data_dir, help="data set directory")
+    _bool_flag(g, "download", d.download, "download the data set where the internet is reachable")
+    g.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="timm architecture")
+    g.add_argument(
+        "--pretrained",
+        default=d.pretrained,
+        help="dense starting weights: file, hf-hub:ID, or none",
+    )
+    g = p.add_argument_group("TRP")
+    _bool_flag(g, "trp", d.trp, "train with TRP (--no-trp: plain dense training)")
+    _bool_flag(g, "project", d.project, "low-rank projection (--no-project: nuclear norm only)")
+    g.add_argument("--scheme", choices=sorted(SCHEMES), default=d.scheme)
+    g.add_argument("--energy", type=float, default=d.energy, help="energy kept by the projection")
+    g.add_argument(
+        "--period", type=int, default=d.period, help="optimizer steps between projections"
+    )
+    g.add_argument("--nuclear-weight", type=float, default=d.nuclear_weight, help="lambda")
+    g.add_argument("--svd-method", choices=METHODS, default=d.svd_method)
+    g.add_argument("--rank-plan", default=d.rank_plan, help="JSON {layer: rank} capping each rank")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--opt", default=d.opt, help="timm optimizer name")
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--sched", default=d.sched, help="timm scheduler: cosine, step, multistep, ...")
+    g.add_argument("--decay-milestones", type=int, nargs="*", default=d.decay_milestones)
+    g.add_argument("--decay-rate", type=float, default=d.decay_rate)
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation")
+    g.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        default=d.amp,
+        help="mixed precision; auto: bf16 on CUDA, none on CPU",
+    )
+    _bool_flag(g, "channels-last", d.channels_last, "channels_last memory format")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--limit-train-batches", type=int, default=d.limit_train_batches, help="0: all")
+    g.add_argument("--limit-val-batches", type=int, default=d.limit_val_batches, help="0: all")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dir", default=d.output_dir)
+    _bool_flag(g, "resume", d.resume, "continue from the newest checkpoint in --output-dir")
+    g.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps; 0: per epoch"
+    )
+    g.add_argument("--model-name", default=d.model_name, help="name the result loads by locally")
+    g.add_argument("--push-to-hub", default=d.push_to_hub, metavar="ORG/NAME")
+    g.add_argument("--publish-mirror", default=d.publish_mirror, metavar="DIR")
+    _bool_flag(g, "progress", d.progress, "progress bars")
+    return p
+
+
+def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """Merge parsed arguments into a copy of ``defaults`` and validate them."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if str(values.get("pretrained")).lower() in ("none", ""):
+        values["pretrained"] = None
+    cfg = dataclasses.replace(defaults, **values)
+    validate(cfg)
+    if cfg.model_name and "{scheme}" in cfg.model_name:
+        # registry names abbreviate the scheme: resnet18_trp_ch_fmnist, resnet18_trp_sp_fmnist
+        cfg.model_name = cfg.model_name.format(scheme=cfg.scheme[:2]) if cfg.trp else None
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Clear errors for settings that cannot work."""
+    problems = []
+    if cfg.dataset not in DATASETS:
+        problems.append(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
+    if not 0.0 < cfg.energy <= 1.0:
+        problems.append(f"--energy must be in (0, 1], got {cfg.energy}")
+    for name in ("period", "epochs", "batch_size", "eval_batch_size", "accum_steps"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        problems.append(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.nuclear_weight < 0:
+        problems.append(f"--nuclear-weight must be >= 0, got {cfg.nuclear_weight}")
+    if cfg.rank_plan is not None and not Path(cfg.rank_plan).is_file():
+        problems.append(f"--rank-plan file {cfg.rank_plan} does not exist")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def load_rank_plan(path: str) -> dict[str, int]:
+    """Read a ``{layer: rank}`` JSON file."""
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--rank-plan {path}: not a readable JSON file ({err})") from None
+    if isinstance(plan, dict) and isinstance(plan.get("plan"), dict):
+        plan = plan["plan"]
+    if not isinstance(plan, dict) or not all(isinstance(v, int) for v in plan.values()):
+        raise ValueError(f"--rank-plan {path}: expected a JSON object {{layer name: int rank}}")
+    return plan

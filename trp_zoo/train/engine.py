@@ -1,0 +1,384 @@
+"""The training engine shared by every recipe: DDP, AMP, accumulation, TRP, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..fileio import write_text
+from ..modules import unwrap_model
+from ..trp import TRP
+from .checkpoint import list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, load_rank_plan
+from .data import DataBundle, EpochSampler, SeededDataset
+from .distributed import DistInfo, all_sum, barrier
+
+
+@dataclass
+class EpochStats:
+    """Running sums over the batches of one epoch."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.count, 1.0)
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * self.correct / max(self.count, 1.0)
+
+
+@dataclass
+class TrainState:
+    """Where the run stands."""
+
+    epoch: int = 0
+    batches_done: int = 0  # batches of the current epoch already trained
+    step: int = 0  # optimizer steps
+    stats: EpochStats = field(default_factory=EpochStats)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` as ``cfg`` says; writes only on rank 0."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, data: DataBundle, info: DistInfo):
+        self.cfg, self.data, self.info = cfg, data, info
+        self.out = Path(cfg.output_dir)
+        self.device = info.device
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device).to(memory_format=memory_format)
+        self.module = self.model
+        if info.distributed:
+            ids = [info.local_rank] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        self.train_set = SeededDataset(data.train, cfg.seed)
+        self.sampler = EpochSampler(
+            len(self.train_set),
+            shuffle=True,
+            seed=cfg.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+        )
+        batches = len(self.loader)
+        if batches == 0:
+            raise ValueError(
+                f"the training set ({len(self.train_set)} images over {info.world_size} processes) "
+                f"is smaller than one batch of {cfg.batch_size}; lower --batch-size"
+            )
+        if cfg.limit_train_batches:
+            batches = min(batches, cfg.limit_train_batches)
+        self.batches_per_epoch = batches
+        self.steps_per_epoch = math.ceil(batches / cfg.accum_steps)
+        self.optimizer = create_optimizer_v2(
+            self.module,
+            opt=cfg.opt,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+        )
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer,
+            sched=cfg.sched,
+            num_epochs=cfg.epochs,
+            decay_milestones=cfg.decay_milestones or [cfg.epochs + 1],
+            decay_rate=cfg.decay_rate,
+            warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.lr * 0.01,
+            min_lr=cfg.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch,
+        )
+        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "none")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        self.trp: TRP | None = None
+        if cfg.trp:
+            plan = load_rank_plan(cfg.rank_plan) if cfg.rank_plan else None
+            self.trp = TRP(
+                self.model,
+                cfg.scheme,
+                energy=cfg.energy,
+                period=cfg.period,
+                nuclear_weight=cfg.nuclear_weight,
+                plan=plan,
+                method=cfg.svd_method,  # type: ignore[arg-type]
+                project=cfg.project,
+            )
+        self.state = TrainState()
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _checkpoint_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "config": self.cfg.to_dict(),
+            "epoch": s.epoch,
+            "batches_done": s.batches_done,
+            "step": s.step,
+            "stats": vars(s.stats).copy(),
+            "history": list(s.history),
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "trp": self.trp.state_dict() if self.trp else None,
+            "rng": rng_state(),
+        }
+
+    def save(self) -> None:
+        """Checkpoint now (rank 0 writes; every rank waits for it)."""
+        if self.info.is_main:
+            save_checkpoint(self.out, self.state.step, self._checkpoint_state())
+        barrier(self.info)
+
+    def restore(self) -> bool:
+        """Load the newest checkpoint of ``output_dir``; False when there is none."""
+        ckpt = load_latest(self.out)
+        if ckpt is None:
+            return False
+        self.module.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.trp and ckpt.get("trp"):
+            self.trp.load_state_dict(ckpt["trp"])
+        set_rng_state(ckpt["rng"])
+        self.state = TrainState(
+            epoch=ckpt["epoch"],
+            batches_done=ckpt["batches_done"],
+            step=ckpt["step"],
+            stats=EpochStats(**ckpt["stats"]),
+            history=list(ckpt["history"]),
+        )
+        self._rewrite_metrics_log()
+        self.log(f"resumed from {ckpt['path']} (epoch {ckpt['epoch'] + 1}, step {ckpt['step']})")
+        return True
+
+    # -- logging ----------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def log(self, message: str) -> None:
+        if self.info.is_main:
+            tqdm.write(message)
+
+    def _rewrite_metrics_log(self) -> None:
+        """Keep the JSON-lines log in step with the restored history."""
+        if self.info.is_main:
+            write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.state.history))
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        self.state.history.append(record)
+        if self.info.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- training ---------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        s = self.state
+        self.train_set.set_epoch(s.epoch)
+        self.sampler.set_epoch(s.epoch, skip=s.batches_done * self.cfg.batch_size)
+        memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        for i, (x, y) in enumerate(self.loader, start=s.batches_done):
+            if i >= self.batches_per_epoch:
+                return
+            x = x.to(self.device, non_blocking=True, memory_format=memory_format)
+            yield i, x, y.to(self.device, non_blocking=True)
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.scheduler.step_update(num_updates=self.state.step)
+
+    def train_epoch(self) -> None:
+        cfg, s = self.cfg, self.state
+        self.model.train()
+        bar = tqdm(
+            total=self.batches_per_epoch,
+            initial=s.batches_done,
+            desc=f"epoch {s.epoch + 1}/{cfg.epochs}",
+            disable=not (self.info.is_main and cfg.progress),
+            dynamic_ncols=True,
+            leave=True,
+        )
+        start = time.perf_counter()
+        seen_here = 0
+        for i, x, y in self._batches():
+            boundary = (i + 1) % cfg.accum_steps == 0 or i + 1 == self.batches_per_epoch
+            sync = (
+                self.model.no_sync()
+                if isinstance(self.model, nn.parallel.DistributedDataParallel) and not boundary
+                else contextlib.nullcontext()
+            )
+            with sync:
+                with self._autocast():
+                    out = self.model(x)
+                    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                scaled = loss / cfg.accum_steps
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            s.stats.loss_sum += float(loss.detach()) * len(y)
+            s.stats.correct += float((out.detach().argmax(1) == y).sum())
+            s.stats.count += len(y)
+            seen_here += len(y)
+            s.batches_done = i + 1
+            if boundary:
+                self._optimizer_step()
+                if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0:
+                    s.stats.seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save()
+            elapsed = s.stats.seconds + time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{s.stats.loss:.3f}",
+                acc=f"{s.stats.top1:.1f}",
+                img_s=f"{seen_here * self.info.world_size / max(elapsed, 1e-9):.0f}",
+                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+            )
+        bar.close()
+        s.stats.seconds += time.perf_counter() - start
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None) -> tuple[float, float]:
+        """Validation loss and top-1 (%) of ``model`` (default: the trained model), all ranks."""
+        model = unwrap_model(model if model is not None else self.module)
+        was_training = model.training
+        model.eval()
+        sampler = EpochSampler(
+            len(self.data.val),  # type: ignore[arg-type]
+            shuffle=False,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+        )
+        loader = DataLoader(
+            self.data.val,
+            batch_size=self.cfg.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.workers,
+        )
+        loss_sum = correct = count = 0.0
+        for i, (x, y) in enumerate(loader):
+            if self.cfg.limit_val_batches and i >= self.cfg.limit_val_batches:
+                break
+            x, y = x.to(self.device), y.to(self.device)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                out = model(x)
+            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            correct += float((out.argmax(1) == y).sum())
+            count += len(y)
+        model.train(was_training)
+        loss_sum, correct, count = all_sum(self.info, loss_sum, correct, count)
+        return loss_sum / max(count, 1.0), 100.0 * correct / max(count, 1.0)
+
+    def _sync_buffers(self) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics drift apart per rank)."""
+        if self.info.distributed:
+            for buffer in self.module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def _end_epoch(self) -> None:
+        s = self.state
+        self._sync_buffers()
+        train_loss, train_correct, train_count = all_sum(
+            self.info, s.stats.loss_sum, s.stats.correct, s.stats.count
+        )
+        val_loss, val_top1 = self.evaluate()
+        record: dict[str, Any] = {
+            "epoch": s.epoch + 1,
+            "step": s.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss / max(train_count, 1.0),
+            "train_top1": 100.0 * train_correct / max(train_count, 1.0),
+            "val_loss": val_loss,
+            "val_top1": val_top1,
+            "epoch_seconds": s.stats.seconds,
+            "images_per_second": train_count / max(s.stats.seconds, 1e-9),
+        }
+        if self.trp is not None and self.trp.ranks:
+            record["ranks"] = dict(self.trp.ranks)
+            record["trp_projection_seconds"] = self.trp.projection_seconds
+        self._append_metrics(record)
+        self.log(
+            f"epoch {s.epoch + 1}: train loss {record['train_loss']:.4f} "
+            f"top-1 {record['train_top1']:.2f} | val loss {val_loss:.4f} top-1 {val_top1:.2f}"
+        )
+        s.epoch += 1
+        s.batches_done = 0
+        s.stats = EpochStats()
+        self.scheduler.step(s.epoch)
+
+    def fit(self) -> None:
+        """Train from the start or from the newest checkpoint (``--resume``)."""
+        cfg = self.cfg
+        existing = list_checkpoints(self.out)
+        if existing and not cfg.resume:
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints of a run; pass --resume to continue it "
+                "or choose another --output-dir"
+            )
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier(self.info)
+        if not (cfg.resume and self.restore()) and self.info.is_main:
+            self.metrics_path.unlink(missing_ok=True)
+        if self.trp is not None:
+            self.trp.attach(self.optimizer)
+        while self.state.epoch < cfg.epochs:
+            self.train_epoch()
+            self._end_epoch()
+            self.save()
+
+    def weight_digests(self) -> list[str]:
+        """SHA-256 of the model weights on every process, in rank order."""
+        digest = hashlib.sha256()
+        for tensor in self.module.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        mine = digest.hexdigest()
+        if not self.info.distributed:
+            return [mine]
+        gathered: list[Any] = [None] * self.info.world_size
+        dist.all_gather_object(gathered, mine)
+        return [str(g) for g in gathered]

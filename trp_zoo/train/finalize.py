@@ -1,0 +1,169 @@
+"""The last stage of every recipe: project, decompose, evaluate, count, save, plot, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from .. import __version__
+from ..convs import ConvGeometry
+from ..decompose import decompose
+from ..fileio import write_json
+from ..flops import compare_cost
+from ..schemes import get_scheme
+from .engine import Trainer
+from .plots import plot_curves, plot_ranks, plot_spectra
+
+logger = logging.getLogger(__name__)
+
+
+def command_line() -> str:
+    """How this process was started, for provenance."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def _spectra(trainer: Trainer, count: int = 4) -> dict[str, torch.Tensor]:
+    if trainer.trp is None:
+        return {}
+    names = list(trainer.trp.targets)
+    picks = sorted(
+        {names[i * (len(names) - 1) // max(count - 1, 1)] for i in range(count)}, key=names.index
+    )
+    sch = trainer.trp.scheme
+    return {
+        n: torch.linalg.svdvals(sch.to_matrix(trainer.trp.targets[n].weight.detach().double()))
+        for n in picks
+    }
+
+
+def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
+    """Decompose the trained model, evaluate both forms, write results, checkpoint and plots."""
+    cfg, info, out = trainer.cfg, trainer.info, trainer.out
+    model = trainer.module
+    input_size = trainer.data.input_size
+    spectra = _spectra(trainer)
+    results: dict[str, Any] = {
+        "recipe": recipe,
+        "command": command_line(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "trp_zoo": __version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
+        "config": cfg.to_dict(),
+        "data": {
+            "name": trainer.data.name,
+            "source": trainer.data.source,
+            "train_images": len(trainer.data.train),  # type: ignore[arg-type]
+            "val_images": len(trainer.data.val),  # type: ignore[arg-type]
+            "input_size": list(input_size),
+        },
+        "training": {
+            "epochs": trainer.state.epoch,
+            "optimizer_steps": trainer.state.step,
+            "seconds": sum(r.get("epoch_seconds", 0.0) for r in trainer.state.history),
+            "processes": info.world_size,
+        },
+        "weight_digests": trainer.weight_digests(),
+    }
+    plan_all: dict[str, int] = {}
+    if trainer.trp is not None:
+        plan_all = trainer.trp.project()
+        results["training"]["trp_projection_seconds"] = trainer.trp.projection_seconds
+        results["training"]["trp_projection_share"] = trainer.trp.projection_seconds / max(
+            results["training"]["seconds"], 1e-9
+        )
+    _, dense_top1 = trainer.evaluate()
+    results["dense"] = {"top1": dense_top1, "note": "the trained model before decomposition"}
+    low = None
+    if plan_all:
+        sch = get_scheme(cfg.scheme)
+        geoms = {n: ConvGeometry.of(trainer.trp.targets[n]) for n in plan_all}  # type: ignore[union-attr]
+        plan = {n: r for n, r in plan_all.items() if sch.lowers_cost(geoms[n], r)}
+        low = decompose(model, cfg.scheme, rank=plan)
+        _, low_top1 = trainer.evaluate(low)
+        cost = compare_cost(model, low, input_size)
+        results["dense"].update(macs=cost.dense_macs, params=cost.dense_params)
+        results["decomposed"] = {
+            "top1": low_top1,
+            "macs": cost.factorized_macs,
+            "params": cost.factorized_params,
+            "macs_reduction": cost.macs_reduction,
+            "params_reduction": cost.params_reduction,
+            "scheme": cfg.scheme,
+            "rank_plan": plan,
+            "kept_dense": sorted(set(plan_all) - set(plan)),
+            "full_ranks": {n: sch.full_rank(g) for n, g in geoms.items()},
+        }
+    else:
+        cost = compare_cost(model, model, input_size)
+        results["dense"].update(macs=cost.dense_macs, params=cost.dense_params)
+    if info.is_main:
+        results["plots"] = _plots(trainer, plan_all, spectra, results)
+        write_json(out / "results.json", results)
+        print_table(results)
+    results["decomposed_model"] = low
+    return results
+
+
+def _plots(
+    trainer: Trainer,
+    ranks: dict[str, int],
+    spectra: dict[str, torch.Tensor],
+    results: dict[str, Any],
+) -> list[str]:
+    folder = trainer.out / "plots"
+    made = []
+    try:
+        if trainer.state.history:
+            made.append(plot_curves(trainer.state.history, folder / "curves.png"))
+        if ranks and trainer.trp is not None:
+            full = results["decomposed"]["full_ranks"]
+            made.append(plot_ranks(ranks, full, trainer.trp.history, folder / "ranks.png"))
+        if spectra:
+            made.append(plot_spectra(spectra, ranks, folder / "spectra.png"))
+    except Exception as err:  # plots are a convenience: never lose a trained model over one
+        logger.warning("could not draw the plots: %s", err)
+    return [str(p) for p in made]
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The final table: dense vs decomposed top-1, MACs and parameters."""
+    dense, low = results["dense"], results.get("decomposed")
+    rows = [("trained model (dense form)", dense["top1"], dense["macs"], dense["params"], "")]
+    if low:
+        rows.append(
+            (
+                f"decomposed ({low['scheme']}), no fine-tuning",
+                low["top1"],
+                low["macs"],
+                low["params"],
+                f"{low['macs_reduction']:.2f}x fewer MACs",
+            )
+        )
+    print()
+    print(f"| {'model':<38} | {'top-1':>6} | {'MACs':>8} | {'params':>8} | {'':<18} |")
+    print(f"|{'-' * 40}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 20}|")
+    for name, top1, macs, params, note in rows:
+        print(
+            f"| {name:<38} | {top1:6.2f} | {_fmt_count(macs):>8} | "
+            f"{_fmt_count(params):>8} | {note:<18} |"
+        )
+    print()
