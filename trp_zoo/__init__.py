@@ -24,6 +24,7 @@ from .errors import (
 from .factorized import FactorizedConv2d
 from .flops import CostComparison, compare_cost, count_flops, count_params
 from .hub import load, model_info
+from .publish import Published, publish, push_to_hub
 from .registry import ZooEntry, get_entry, list_models
 from .schemes import SCHEMES, get_scheme
 from .store import register_local
@@ -43,6 +44,7 @@ __all__ = [
     "MinRank",
     "NotCachedError",
     "PublishError",
+    "Published",
     "RankCriterion",
     "RankRatio",
     "UnknownModelError",
@@ -64,6 +66,8 @@ __all__ = [
     "list_models",
     "load",
     "model_info",
+    "publish",
+    "push_to_hub",
     "rank_plan",
     "register_local",
     "save_pretrained",
