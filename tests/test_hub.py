@@ -20,7 +20,7 @@ import timm
 import torch
 from huggingface_hub import HfApi
 from olah_hub import OLAH_CLI, OlahHub, use_hub
-from zoo_models import METRICS, outputs, probe, save_tiny, tiny_factorized
+from zoo_models import METRICS, PRETRAINED_CFG, outputs, probe, save_tiny, tiny_factorized
 
 import trp_zoo
 from trp_zoo import (
@@ -96,7 +96,9 @@ def test_publish_to_mirror_then_load_through_trp_zoo_and_timm(hub: OlahHub, tmp_
 
 def test_a_new_commit_is_seen_on_the_next_load(hub: OlahHub, tmp_path: Path) -> None:
     first, second = tiny_factorized(seed=0), tiny_factorized(seed=1)
-    v1 = trp_zoo.publish(save_tiny(tmp_path / "v1", first), REPO, mirror_dir=hub.mirror)
+    v1 = trp_zoo.push_to_hub(  # save + publish in one call
+        first, REPO, mirror_dir=hub.mirror, metrics=METRICS, pretrained_cfg=PRETRAINED_CFG
+    )
     assert torch.equal(outputs(trp_zoo.load(REPO)), outputs(first))
     # the CLI publishes the same way
     code = main(["publish", str(save_tiny(tmp_path / "v2", second)), "--repo", REPO,
