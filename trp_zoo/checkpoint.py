@@ -33,7 +33,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 RESULTS_NAME = "results.json"
 CARD_NAME = "README.md"
-CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, RESULTS_NAME, CARD_NAME)
 DIGEST_KEY = "trp_zoo.sha256"
 
 # pretrained_cfg keys that describe input preprocessing (timm's data_config)

@@ -62,11 +62,6 @@ class Resolved:
     revision: str | None = None
     entry: ZooEntry | None = None
 
-    def describe(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        return f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
-
 
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
