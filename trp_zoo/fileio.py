@@ -1,33 +1,40 @@
-"""Atomic file writes: a temp file in the same directory, fsync, then rename."""
+"""Atomic writes: a file or directory appears complete under its name, or not at all.
+
+Everything is written next to its destination under a hidden temporary name, flushed,
+and renamed into place; a failure (or ``kill -9``) leaves the previous version intact.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import shutil
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 
-@contextmanager
+def _sibling(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp = _sibling(target, "tmp")
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, target)
+        os.replace(tmp, target)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
@@ -41,11 +48,64 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Atomically write pretty-printed JSON."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """Atomically ``torch.save`` an object."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def replace_directory(src: Path, dest: Path) -> None:
+    """Move the finished directory ``src`` to ``dest``, replacing what was there.
+
+    The old ``dest`` is renamed aside first and deleted only once ``src`` is in place; if
+    the second rename fails the old one is moved back. ``src`` and ``dest`` must be on one
+    file system (callers create ``src`` next to ``dest``).
+    """
+    old = None
+    if dest.exists():
+        old = _sibling(dest, "old")
+        os.replace(dest, old)
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``dest``; on success it replaces ``dest``.
+
+    On any error the temporary directory is removed and ``dest`` is left as it was.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(dest, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_directory(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_directory_atomic(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy the files of ``src`` (not dot-files) to ``dest`` atomically; returns ``dest``."""
+    src, dest = Path(src), Path(dest)
+    with atomic_directory(dest) as tmp:
+        for item in sorted(src.iterdir()):
+            if item.name.startswith("."):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+    return dest
