@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_stores(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep every test's local zoo and hub cache out of the user's home (subprocesses inherit)."""
+    home = tmp_path_factory.mktemp("stores")
+    monkeypatch.setenv("TRP_ZOO_HOME", str(home / "trp_zoo"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))

@@ -74,6 +74,20 @@ def test_fashion_mnist_recipe_end_to_end(fmnist: Path, tmp_path: Path) -> None:
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     for plot in ("curves.png", "ranks.png", "spectra.png"):
         assert (out / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+    # the decomposed model is saved and loads by its registry name, offline, in a new process
+    saved = out / "model"
+    assert res["checkpoint"] == str(saved) and (saved / "model.safetensors").is_file()
+    code = (
+        "import json, trp_zoo; m = trp_zoo.load('resnet18_trp_ch_fmnist');"
+        "print(json.dumps(trp_zoo.rank_plan(m)))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert json.loads(child.stdout) == low["rank_plan"]
+    info = json.loads((saved / "results.json").read_text())
+    assert info["metrics"]["top1"] == pytest.approx(low["top1"])
 
 
 def test_cifar10_recipes(tmp_path: Path) -> None:

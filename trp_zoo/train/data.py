@@ -26,6 +26,9 @@ from ..data import fashion_mnist
 from ..models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
 
 CIFAR_LAYOUT = (
     "expected the CIFAR-10 python version: a directory (or its parent holding "
@@ -54,6 +57,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    label_names: tuple[str, ...] | None = None
     extra_cfg: dict[str, Any] = field(default_factory=dict)
 
 
@@ -163,6 +167,7 @@ def fashion_mnist_data(
         mean=mean,
         std=std,
         source=str(folder),
+        label_names=fashion_mnist.CLASSES,
         extra_cfg={"crop_pct": 1.0, "interpolation": "bilinear"},
     )
 
@@ -208,6 +213,7 @@ def cifar10_data(data_dir: str | os.PathLike[str] | None) -> DataBundle:
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
         source=str(root),
+        label_names=CIFAR10_CLASSES,
         extra_cfg={"crop_pct": 1.0, "interpolation": "bilinear"},
     )
 
@@ -246,6 +252,7 @@ def imagenet_data(data_dir: str | os.PathLike[str] | None, model_name: str) -> D
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
         source=str(root),
+        label_names=tuple(train.classes),
         extra_cfg={"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]},
     )
 

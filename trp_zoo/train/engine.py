@@ -57,6 +57,7 @@ class TrainState:
     step: int = 0  # optimizer steps
     stats: EpochStats = field(default_factory=EpochStats)
     history: list[dict[str, Any]] = field(default_factory=list)
+    initial_top1: float | None = None  # the starting (pretrained dense) model's top-1
 
 
 class Trainer:
@@ -146,6 +147,7 @@ class Trainer:
             "step": s.step,
             "stats": vars(s.stats).copy(),
             "history": list(s.history),
+            "initial_top1": s.initial_top1,
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -179,6 +181,7 @@ class Trainer:
             step=ckpt["step"],
             stats=EpochStats(**ckpt["stats"]),
             history=list(ckpt["history"]),
+            initial_top1=ckpt.get("initial_top1"),
         )
         self._rewrite_metrics_log()
         self.log(f"resumed from {ckpt['path']} (epoch {ckpt['epoch'] + 1}, step {ckpt['step']})")
@@ -362,8 +365,12 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         barrier(self.info)
-        if not (cfg.resume and self.restore()) and self.info.is_main:
-            self.metrics_path.unlink(missing_ok=True)
+        if not (cfg.resume and self.restore()):
+            if self.info.is_main:
+                self.metrics_path.unlink(missing_ok=True)
+            if cfg.pretrained:  # the dense model TRP starts from: the baseline to compare with
+                self.state.initial_top1 = self.evaluate()[1]
+                self.log(f"starting dense model: top-1 {self.state.initial_top1:.2f}")
         if self.trp is not None:
             self.trp.attach(self.optimizer)
         while self.state.epoch < cfg.epochs:

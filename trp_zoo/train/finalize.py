@@ -14,11 +14,16 @@ import timm
 import torch
 
 from .. import __version__
+from ..checkpoint import save_pretrained
 from ..convs import ConvGeometry
 from ..decompose import decompose
+from ..errors import ZooError
 from ..fileio import write_json
 from ..flops import compare_cost
+from ..publish import publish
+from ..registry import get_entry
 from ..schemes import get_scheme
+from .config import TrainConfig
 from .engine import Trainer
 from .plots import plot_curves, plot_ranks, plot_spectra
 
@@ -76,6 +81,8 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         },
         "weight_digests": trainer.weight_digests(),
     }
+    if trainer.state.initial_top1 is not None:
+        results["initial_top1"] = trainer.state.initial_top1
     plan_all: dict[str, int] = {}
     if trainer.trp is not None:
         plan_all = trainer.trp.project()
@@ -108,12 +115,88 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
     else:
         cost = compare_cost(model, model, input_size)
         results["dense"].update(macs=cost.dense_macs, params=cost.dense_params)
+    publish_error = None
     if info.is_main:
         results["plots"] = _plots(trainer, plan_all, spectra, results)
+        if low is not None:
+            results["checkpoint"] = str(save_model(trainer, low, results))
+            publish_error = _publish(cfg, Path(results["checkpoint"]), results)
         write_json(out / "results.json", results)
         print_table(results)
     results["decomposed_model"] = low
+    if publish_error:
+        raise SystemExit(f"error: {publish_error}")
     return results
+
+
+def save_model(trainer: Trainer, low: torch.nn.Module, results: dict[str, Any]) -> Path:
+    """Save the decomposed model as a timm-compatible Hugging Face checkpoint in ``model/``."""
+    cfg, data = trainer.cfg, trainer.data
+    dec = results["decomposed"]
+    metrics = {
+        "top1": dec["top1"],
+        "top1_before_decomposition": results["dense"]["top1"],
+        "dense_macs": results["dense"]["macs"],
+        "dense_params": results["dense"]["params"],
+        "dataset": data.name,
+        "split": "test" if data.name in ("fashion-mnist", "cifar10") else "val",
+    }
+    if "initial_top1" in results:
+        metrics["dense_top1"] = results["initial_top1"]
+    provenance = {
+        "recipe": results["recipe"],
+        "command": results["command"],
+        "data": data.source,
+        "date": results["date"],
+        "epochs": cfg.epochs,
+        "optimizer_steps": trainer.state.step,
+        "processes": trainer.info.world_size,
+        **{
+            k: getattr(cfg, k)
+            for k in ("scheme", "energy", "period", "nuclear_weight", "lr", "batch_size")
+        },
+    }
+    return save_pretrained(
+        low,
+        trainer.out / "model",
+        metrics=metrics,
+        provenance=provenance,
+        pretrained_cfg={
+            "input_size": data.input_size,
+            "mean": data.mean,
+            "std": data.std,
+            **data.extra_cfg,
+        },
+        label_names=data.label_names,
+        register_as=cfg.model_name,
+    )
+
+
+def _publish(cfg: TrainConfig, checkpoint: Path, results: dict[str, Any]) -> str | None:
+    """Publish as asked; returns a message instead of raising, so nothing already saved is lost."""
+    targets: list[tuple[str, str | None]] = []
+    if cfg.push_to_hub:
+        targets.append((cfg.push_to_hub, None))
+    if cfg.publish_mirror:
+        repo_id = cfg.push_to_hub or (get_entry(cfg.model_name).repo_id if cfg.model_name else None)
+        if repo_id is None:
+            return "--publish-mirror needs --push-to-hub ORG/NAME or --model-name to name the repo"
+        targets.append((repo_id, cfg.publish_mirror))
+    published = results.setdefault("published", [])
+    for repo_id, mirror in targets:
+        try:
+            done = publish(checkpoint, repo_id, mirror_dir=mirror)
+        except (ZooError, OSError) as err:
+            where = f" --mirror-dir {mirror}" if mirror else ""
+            return (
+                f"publishing to {repo_id} failed ({err}); the checkpoint is saved in "
+                f"{checkpoint}, publish it later with: "
+                f"python -m trp_zoo publish {checkpoint} --repo {repo_id}{where}"
+            )
+        published.append(
+            {"repo_id": done.repo_id, "target": done.target, "location": done.location}
+        )
+    return None
 
 
 def _plots(

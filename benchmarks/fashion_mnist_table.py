@@ -1,0 +1,247 @@
+"""The paper's comparison on Fashion-MNIST with timm resnet18, one training budget for all.
+
+Rows (each trained with the recipe, ``recipes/fashion_mnist_resnet18.py``, for the same
+epochs, batch size, optimizer and schedule):
+
+1. dense baseline (no TRP);
+2. nuclear-norm regularization only, then decomposed at the same energy as TRP;
+3. TRP + nuclear norm, channel scheme;
+4. TRP + nuclear norm, spatial scheme;
+5. the dense baseline decomposed directly by SVD (channel, one energy threshold for
+   every layer, found by bisection so its MACs match row 3), without fine-tuning;
+6. row 5 after a short fine-tune (``--finetune-epochs``).
+
+Writes ``benchmarks/results/fashion_mnist_table.{json,md}``. Training runs live in
+``--work-dir`` and are reused (or resumed after a kill) on the next call, so the table
+can be built in stages. Long: about an hour per 10-epoch budget on 2 CPU cores.
+
+    python benchmarks/fashion_mnist_table.py --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import trp_zoo
+from trp_zoo import EnergyThreshold, compare_cost, decompose, rank_plan
+from trp_zoo.fileio import write_json, write_text
+from trp_zoo.train import TrainConfig
+from trp_zoo.train.checkpoint import load_latest
+from trp_zoo.train.data import build_data
+from trp_zoo.train.distributed import init_distributed
+from trp_zoo.train.engine import Trainer
+from trp_zoo.train.recipe import run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+from fashion_mnist_resnet18 import DEFAULTS  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def train_row(name: str, work: Path, common: list[str], extra: list[str]) -> dict[str, Any]:
+    """Run the recipe for one row (or reuse / resume an earlier run of it)."""
+    out = work / name
+    done = out / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    argv = [*common, *extra, "--output-dir", str(out)]
+    if load_latest(out) is not None:
+        argv.append("--resume")
+    print(f"== {name}: {' '.join(argv)}", flush=True)
+    result = run_recipe(DEFAULTS, "recipes/fashion_mnist_resnet18.py", argv)
+    result.pop("decomposed_model", None)
+    return result
+
+
+def trained_dense(work: Path, data_cfg: TrainConfig) -> torch.nn.Module:
+    """The dense baseline's final weights (from its last checkpoint)."""
+    import timm
+
+    ckpt = load_latest(work / "dense")
+    if ckpt is None:
+        raise SystemExit("the dense baseline run has no checkpoint")
+    model = timm.create_model(data_cfg.model, num_classes=10, in_chans=1)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def energy_for_macs(
+    model: torch.nn.Module, target_macs: int, input_size: tuple[int, int, int]
+) -> float:
+    """Bisection on one energy threshold so the decomposed model's MACs reach ``target_macs``."""
+    lo, hi = 0.05, 0.99999
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        macs = trp_zoo.count_flops(
+            decompose(model, "channel", rank=EnergyThreshold(mid), method="gram"), input_size
+        )
+        if macs > target_macs:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--energy", type=float, default=DEFAULTS.energy)
+    parser.add_argument("--period", type=int, default=DEFAULTS.period)
+    parser.add_argument("--nuclear-weight", type=float, default=DEFAULTS.nuclear_weight)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "fashion_mnist_table")
+    parser.add_argument("--output", type=Path, default=RESULTS / "fashion_mnist_table")
+    args = parser.parse_args()
+
+    common = [
+        "--epochs",
+        str(args.epochs),
+        "--energy",
+        str(args.energy),
+        "--period",
+        str(args.period),
+        "--nuclear-weight",
+        str(args.nuclear_weight),
+        "--model-name",
+        "none",
+        "--no-progress",
+    ]
+    start = time.time()
+    rows: dict[str, dict[str, Any]] = {}
+    runs = {
+        "dense": ["--no-trp"],
+        "nuclear_only": ["--no-project", "--scheme", "channel"],
+        "trp_channel": ["--scheme", "channel"],
+        "trp_spatial": ["--scheme", "spatial"],
+    }
+    for name, extra in runs.items():
+        rows[name] = train_row(name, args.work_dir, common, extra)
+
+    # direct SVD of the dense baseline at the MACs of the TRP channel model
+    data = build_data("fashion_mnist", None)
+    cfg = dataclasses.replace(
+        DEFAULTS,
+        trp=False,
+        epochs=args.finetune_epochs,
+        lr=args.finetune_lr,
+        progress=False,
+        output_dir=str(args.work_dir / "direct_svd_finetune"),
+    )
+    dense = trained_dense(args.work_dir, cfg)
+    target = rows["trp_channel"]["decomposed"]["macs"]
+    energy = energy_for_macs(dense, target, data.input_size)
+    direct = decompose(dense, "channel", rank=EnergyThreshold(energy))
+    info = init_distributed("cpu")
+    trainer = Trainer(cfg, copy.deepcopy(direct), data, info)
+    _, direct_top1 = trainer.evaluate(direct)
+    cost = compare_cost(dense, direct, data.input_size)
+    ft_dir = Path(cfg.output_dir)
+    if load_latest(ft_dir) is not None:
+        cfg.resume = True
+        trainer = Trainer(cfg, copy.deepcopy(direct), data, info)
+    trainer.fit()
+    _, ft_top1 = trainer.evaluate()
+
+    dense_row = rows["dense"]["dense"]
+
+    def entry(label: str, top1: float, macs: int, params: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "row": label,
+            "top1": round(top1, 2),
+            "top1_change": round(top1 - dense_row["top1"], 2),
+            "macs": macs,
+            "params": params,
+            "macs_reduction": round(dense_row["macs"] / macs, 2),
+            **extra,
+        }
+
+    def decomposed(name: str, label: str) -> dict[str, Any]:
+        low = rows[name]["decomposed"]
+        return entry(
+            label,
+            low["top1"],
+            low["macs"],
+            low["params"],
+            before_decomposition_top1=round(rows[name]["dense"]["top1"], 2),
+        )
+
+    table = [
+        entry("dense baseline", dense_row["top1"], dense_row["macs"], dense_row["params"]),
+        decomposed("nuclear_only", "nuclear norm only, then decomposed (channel)"),
+        decomposed("trp_channel", "TRP+Nu channel, decomposed"),
+        decomposed("trp_spatial", "TRP+Nu spatial, decomposed"),
+        entry(
+            "dense decomposed by SVD at TRP channel MACs, no fine-tuning",
+            direct_top1,
+            cost.factorized_macs,
+            cost.factorized_params,
+            energy=round(energy, 5),
+        ),
+        entry(
+            f"same, fine-tuned {args.finetune_epochs} epoch(s) at lr {args.finetune_lr}",
+            ft_top1,
+            cost.factorized_macs,
+            cost.factorized_params,
+        ),
+    ]
+    result = {
+        "setting": {
+            "model": "timm resnet18, in_chans=1, 28x28",
+            "data": "Fashion-MNIST (60k train / 10k test)",
+            "epochs": args.epochs,
+            "batch_size": DEFAULTS.batch_size,
+            "lr": DEFAULTS.lr,
+            "schedule": DEFAULTS.sched,
+            "weight_decay": DEFAULTS.weight_decay,
+            "energy": args.energy,
+            "period": args.period,
+            "nuclear_weight": args.nuclear_weight,
+            "direct_svd_rank_plan": rank_plan(direct),
+        },
+        "rows": table,
+        "command": "python benchmarks/fashion_mnist_table.py " + " ".join(sys.argv[1:]),
+        "date": dt.date.today().isoformat(),
+        "wall_seconds_this_call": round(time.time() - start),
+        "trp_zoo": trp_zoo.__version__,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.output.with_suffix(".json"), result)
+    write_text(args.output.with_suffix(".md"), markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["setting"]
+    lines = [
+        f"Fashion-MNIST, {s['model']}, {s['epochs']} epochs per row, batch {s['batch_size']}, "
+        f"{s['schedule']} lr {s['lr']}, energy {s['energy']}, period {s['period']}, "
+        f"nuclear weight {s['nuclear_weight']}.",
+        "",
+        "| row | top-1 (%) | change vs dense | MACs | MACs reduction | params |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['row']} | {r['top1']:.2f} | {r['top1_change']:+.2f} | {r['macs'] / 1e6:.2f}M | "
+            f"{r['macs_reduction']:.2f}x | {r['params'] / 1e6:.2f}M |"
+        )
+    lines += ["", f"Produced by `{result['command'].strip()}` on {result['date']}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

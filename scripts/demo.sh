@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), then run the main job end to end on Fashion-MNIST:
+# train timm resnet18 with TRP, decompose it, evaluate and save it (loadable offline as
+# resnet18_trp_ch_fmnist), then build ONNX Runtime engines for it and its dense
+# counterpart and print the accuracy/latency report.
+# Environment: EPOCHS (default 5), OUT (default runs/demo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${VENV:-.venv}
+EPOCHS=${EPOCHS:-5}
+OUT=${OUT:-runs/demo}
+"$VENV/bin/python" recipes/fashion_mnist_resnet18.py --epochs "$EPOCHS" --output-dir "$OUT/train" --resume
