@@ -65,10 +65,10 @@ def train_row(name: str, work: Path, common: list[str], extra: list[str]) -> dic
 
 
 def trained_dense(work: Path, data_cfg: TrainConfig) -> torch.nn.Module:
-    """The dense baseline's final weights (from its last checkpoint)."""
+    """The dense baseline's final weights (from the last checkpoint of its run in ``work``)."""
     import timm
 
-    ckpt = load_latest(work / "dense")
+    ckpt = load_latest(work)
     if ckpt is None:
         raise SystemExit("the dense baseline run has no checkpoint")
     model = timm.create_model(data_cfg.model, num_classes=10, in_chans=1)
@@ -128,8 +128,10 @@ def main() -> None:
         "trp_channel": ["--scheme", "channel"],
         "trp_spatial": ["--scheme", "spatial"],
     }
+    trp_tag = f"ep{args.epochs}_en{args.energy}_p{args.period}_nw{args.nuclear_weight}"
     for name, extra in runs.items():
-        rows[name] = train_row(name, args.work_dir, common, extra)
+        tag = f"ep{args.epochs}" if name == "dense" else trp_tag  # runs are reused per setting
+        rows[name] = train_row(f"{name}_{tag}", args.work_dir, common, extra)
 
     # direct SVD of the dense baseline at the MACs of the TRP channel model
     data = build_data("fashion_mnist", None)
@@ -139,9 +141,9 @@ def main() -> None:
         epochs=args.finetune_epochs,
         lr=args.finetune_lr,
         progress=False,
-        output_dir=str(args.work_dir / "direct_svd_finetune"),
+        output_dir=str(args.work_dir / f"direct_svd_finetune_{trp_tag}"),
     )
-    dense = trained_dense(args.work_dir, cfg)
+    dense = trained_dense(args.work_dir / f"dense_ep{args.epochs}", cfg)
     target = rows["trp_channel"]["decomposed"]["macs"]
     energy = energy_for_macs(dense, target, data.input_size)
     direct = decompose(dense, "channel", rank=EnergyThreshold(energy))

@@ -115,7 +115,7 @@ def test_factorize_architecture_rebuilds_the_same_structure() -> None:
 
 # timm families: plain/deep-stem ResNets, depthwise (EfficientNet with TF 'same'
 # padding, MobileNetV3, ConvNeXt), grouped (RegNet, ResNeXt), DenseNet, weight-
-# standardized (BiT ResNetV2, NF-ResNet), VGG-style RepVGG, GhostNet, DLA.
+# standardized (BiT ResNetV2, NF-ResNet), VGG-style RepVGG, GhostNet, DLA, EdgeNeXt.
 ARCHS = [
     "resnet18",
     "resnet26d",
@@ -130,6 +130,7 @@ ARCHS = [
     "repvgg_a0",
     "ghostnet_100",
     "dla34",
+    "edgenext_xx_small",  # its code reads conv.weight.device
 ]
 
 

@@ -32,6 +32,36 @@ class FactorizedConv2d(nn.Module):
     def out_channels(self) -> int:
         return self.geom.out_channels
 
+    # nn.Conv2d's attributes, for model code that inspects its convs (e.g. ``.weight.device``)
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.geom.kernel_size
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return self.geom.stride
+
+    @property
+    def padding(self) -> tuple[int, int] | str:
+        return self.geom.padding
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return self.geom.dilation
+
+    @property
+    def groups(self) -> int:
+        return 1
+
+    @property
+    def weight(self) -> Tensor:
+        """The equivalent dense kernel, computed on access (differentiable; not a parameter)."""
+        return get_scheme(self.scheme).combine(self.first.weight, self.second.weight, self.geom)
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.second.bias
+
     @classmethod
     def from_factors(
         cls,
@@ -60,8 +90,7 @@ class FactorizedConv2d(nn.Module):
 
     def dense_weight(self) -> Tensor:
         """The equivalent dense kernel (rank ``rank``), mostly for checks."""
-        scheme = get_scheme(self.scheme)
-        return scheme.combine(self.first.weight.detach(), self.second.weight.detach(), self.geom)
+        return self.weight.detach()
 
     def extra_repr(self) -> str:
         g = self.geom
