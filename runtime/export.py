@@ -9,6 +9,8 @@ schedules like any other conv.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from collections import Counter
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import ExportError
-from .io import atomic_write_bytes, sha256_file
+from .io import atomic_write_bytes, atomic_write_json, sha256_file
 from .spec import check_input_size
 
 INPUT_NAME = "input"
@@ -43,6 +45,16 @@ class ExportedModel:
     max_abs_diff: float  # ONNX Runtime vs PyTorch on random inputs, right after export
 
 
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over a model's structure (its repr) and every parameter and buffer."""
+    digest = hashlib.sha256(f"{type(model).__qualname__}\n{model}".encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -51,6 +63,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check_batch: int = 3,
     seed: int = 0,
+    reuse: bool = True,
 ) -> ExportedModel:
     """Export ``model`` (eval mode, fp32, CPU) to ``path`` and validate the file.
 
@@ -58,12 +71,22 @@ def export_onnx(
     and one output ``logits``. After writing, the file must pass ``onnx.checker`` (full
     check, including strict shape inference) and ONNX Runtime must reproduce PyTorch's
     outputs on ``check_batch`` random images (a batch size other than the tracing one, so
-    the dynamic batch is exercised).
+    the dynamic batch is exercised). With ``reuse``, a file exported earlier from the same
+    model (weights and structure), opset, input size and torch version is kept as it is;
+    its sidecar ``<path>.export.json`` records what it was exported from and the check results.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
     size = check_input_size(input_size)
     path = Path(path)
+    key = {
+        "model": model_fingerprint(model),
+        "opset": opset,
+        "input_size": list(size),
+        "torch": torch.__version__,
+    }
+    if reuse and (previous := _previous_export(path, key)) is not None:
+        return previous
     was_training = model.training
     model = model.eval()
     try:
@@ -74,7 +97,7 @@ def export_onnx(
         diff = compare_with_torch(path, model, size, batch=check_batch, seed=seed + 1)
     finally:
         model.train(was_training)
-    return ExportedModel(
+    exported = ExportedModel(
         path=path,
         sha256=sha256_file(path),
         opset=opset,
@@ -82,6 +105,38 @@ def export_onnx(
         op_counts=op_counts(onnx.load(str(path), load_external_data=False)),
         max_abs_diff=diff,
     )
+    record = {
+        **key,
+        "sha256": exported.sha256,
+        "op_counts": exported.op_counts,
+        "max_abs_diff": diff,
+    }
+    atomic_write_json(_sidecar(path), record)
+    return exported
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".export.json")
+
+
+def _previous_export(path: Path, key: dict[str, object]) -> ExportedModel | None:
+    """The earlier export at ``path`` when it came from the same ``key`` and is intact."""
+    try:
+        record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        if any(record.get(k) != v for k, v in key.items()) or not path.is_file():
+            return None
+        if record["sha256"] != sha256_file(path):
+            return None
+        return ExportedModel(
+            path=path,
+            sha256=record["sha256"],
+            opset=int(record["opset"]),
+            input_size=check_input_size(record["input_size"]),
+            op_counts=dict(record["op_counts"]),
+            max_abs_diff=float(record["max_abs_diff"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _export_proto(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
