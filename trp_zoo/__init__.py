@@ -1,5 +1,7 @@
 """trp-zoo: Trained Rank Pruning for timm CNNs, a low-rank model zoo, and fast engines."""
 
+from . import timm_integration  # registers the trp_factorized timm entrypoint
+from .checkpoint import save_pretrained
 from .criteria import (
     EnergyThreshold,
     FixedRank,
@@ -11,9 +13,21 @@ from .criteria import (
     as_criterion,
 )
 from .decompose import decompose, densify, factorize_architecture, factorized_scheme, rank_plan
+from .errors import (
+    CheckpointError,
+    NotCachedError,
+    PublishError,
+    UnknownModelError,
+    WeightsNotPublishedError,
+    ZooError,
+)
 from .factorized import FactorizedConv2d
 from .flops import CostComparison, compare_cost, count_flops, count_params
+from .hub import load, model_info
+from .publish import Published, publish, push_to_hub
+from .registry import ZooEntry, get_entry, list_models
 from .schemes import SCHEMES, get_scheme
+from .store import register_local
 from .trp import TRP
 
 __version__ = "0.1.0"
@@ -21,15 +35,23 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMES",
     "TRP",
+    "CheckpointError",
     "CostComparison",
     "EnergyThreshold",
     "FactorizedConv2d",
     "FixedRank",
     "FunctionCriterion",
     "MinRank",
+    "NotCachedError",
+    "PublishError",
+    "Published",
     "RankCriterion",
     "RankRatio",
+    "UnknownModelError",
     "ValueThreshold",
+    "WeightsNotPublishedError",
+    "ZooEntry",
+    "ZooError",
     "__version__",
     "as_criterion",
     "compare_cost",
@@ -39,6 +61,15 @@ __all__ = [
     "densify",
     "factorize_architecture",
     "factorized_scheme",
+    "get_entry",
     "get_scheme",
+    "list_models",
+    "load",
+    "model_info",
+    "publish",
+    "push_to_hub",
     "rank_plan",
+    "register_local",
+    "save_pretrained",
+    "timm_integration",
 ]

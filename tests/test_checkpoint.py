@@ -1,0 +1,247 @@
+"""save_pretrained, the timm entrypoint and local-dir loading (no hub involved)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from zoo_models import INPUT_SIZE, METRICS, PROVENANCE, outputs, save_tiny, tiny_factorized
+
+import trp_zoo
+from trp_zoo import CheckpointError, FactorizedConv2d
+from trp_zoo.checkpoint import DIGEST_KEY, WEIGHTS_NAME
+
+
+@pytest.fixture(autouse=True)
+def _zoo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRP_ZOO_HOME", str(tmp_path / "zoo_home"))
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    model = tiny_factorized()
+    return model, save_tiny(tmp_path / "ckpt", model)
+
+
+def test_local_dir_round_trip_through_timm_and_load(saved: tuple[torch.nn.Module, Path]) -> None:
+    model, path = saved
+    assert sorted(p.name for p in path.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "results.json",
+    ]
+    via_timm = timm.create_model(f"local-dir:{path}", pretrained=True)
+    via_zoo = trp_zoo.load(path)
+    expected = outputs(model)
+    for loaded in (via_timm, via_zoo):
+        assert torch.equal(outputs(loaded), expected)
+        assert trp_zoo.rank_plan(loaded) == trp_zoo.rank_plan(model)
+        cfg = loaded.pretrained_cfg
+        assert cfg["architecture"] == "trp_factorized"
+        assert tuple(cfg["input_size"]) == INPUT_SIZE
+        assert tuple(cfg["mean"]) == (0.2860,) and tuple(cfg["std"]) == (0.3530,)
+        assert cfg["crop_pct"] == 1.0
+
+
+def test_pretrained_false_builds_the_planned_architecture(
+    saved: tuple[torch.nn.Module, Path],
+) -> None:
+    model, path = saved
+    fresh = trp_zoo.load(path, pretrained=False)
+    assert trp_zoo.rank_plan(fresh) == trp_zoo.rank_plan(model)
+    assert trp_zoo.factorized_scheme(fresh) == "channel"
+    assert isinstance(fresh.get_submodule("layer1.0.conv1"), FactorizedConv2d)
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in model.state_dict().items()}
+    assert not torch.equal(outputs(fresh), outputs(model))  # random weights
+
+
+def test_head_can_be_replaced_like_any_timm_model(saved: tuple[torch.nn.Module, Path]) -> None:
+    model, path = saved
+    five = trp_zoo.load(path, num_classes=5)
+    assert five.get_classifier().out_features == 5
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    loaded = five.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in body.items())
+
+
+def test_config_records_base_scheme_plan_and_input(saved: tuple[torch.nn.Module, Path]) -> None:
+    model, path = saved
+    config = json.loads((path / "config.json").read_text())
+    assert config["architecture"] == "trp_factorized"
+    assert config["num_classes"] == 10
+    args = config["model_args"]
+    assert args["base_architecture"] == "resnet18"
+    assert args["scheme"] == "channel"
+    assert args["rank_plan"] == trp_zoo.rank_plan(model)
+    assert args["in_chans"] == 1 and args["num_classes"] == 10
+    cfg = config["pretrained_cfg"]
+    assert cfg["input_size"] == list(INPUT_SIZE)
+    assert "tag" not in cfg  # the base's weight tag does not describe these weights
+    assert cfg["paper_ids"] == "arXiv:1812.02402"
+
+
+def test_results_hold_measured_numbers_and_provenance(
+    saved: tuple[torch.nn.Module, Path],
+) -> None:
+    model, path = saved
+    results = json.loads((path / "results.json").read_text())
+    metrics = results["metrics"]
+    assert metrics["top1"] == METRICS["top1"] and metrics["dataset"] == "fashion-mnist"
+    assert metrics["macs"] == trp_zoo.count_flops(model, INPUT_SIZE)
+    assert metrics["params"] == trp_zoo.count_params(model)
+    assert "macs_reduction" not in metrics  # no dense MACs given: nothing to derive it from
+    assert results["provenance"] == PROVENANCE
+    assert results["software"]["trp-zoo"] == trp_zoo.__version__
+    assert "1x28x28" in results["how_measured"]["macs"]
+    assert results["architecture"]["factorized_layers"] == len(trp_zoo.rank_plan(model))
+
+
+def test_model_card_metadata_and_model_index(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    card = ModelCard.load(path / "README.md")
+    assert card.data.library_name == "timm"
+    assert card.data.license == "apache-2.0"
+    assert "trp-zoo" in card.data.tags and "channel-decomposition" in card.data.tags
+    assert card.data.datasets == ["zalando-datasets/fashion_mnist"]
+    results = json.loads((path / "results.json").read_text())["metrics"]
+    by_type = {r.metric_type: r for r in card.data.eval_results}
+    assert by_type["accuracy"].metric_value == results["top1"]
+    assert by_type["macs"].metric_value == results["macs"]
+    assert by_type["accuracy"].dataset_split == "test"
+    assert by_type["accuracy"].metric_args["command"] == PROVENANCE["command"]
+    assert all(r.metric_config for r in card.data.eval_results)  # each says how it was measured
+
+
+def test_derived_reduction_and_speedups(tmp_path: Path) -> None:
+    model = tiny_factorized()
+    macs = trp_zoo.count_flops(model, INPUT_SIZE)
+    speedup = {"value": 1.7, "backend": "onnxruntime", "device": "2 CPU cores", "batch_size": 1}
+    path = save_tiny(
+        tmp_path / "ckpt",
+        model,
+        metrics={**METRICS, "dense_macs": 4 * macs},
+        speedups=[speedup],
+    )
+    results = json.loads((path / "results.json").read_text())
+    assert results["metrics"]["macs_reduction"] == pytest.approx(4.0)
+    assert results["speedups"] == [speedup]
+    card = ModelCard.load(path / "README.md")
+    speed = [r for r in card.data.eval_results if r.metric_type == "speedup"]
+    assert speed[0].metric_value == 1.7 and speed[0].metric_args["backend"] == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metrics": {**METRICS, "top1": 150.0}}, r"not a percentage"),
+        ({"metrics": {**METRICS, "macs": 12345}}, r"metrics\['macs'\] = 12345 but the model has"),
+        (
+            {"metrics": {**METRICS, "dense_macs": 10**9, "macs_reduction": 2.0}},
+            "disagrees with dense_macs / macs",
+        ),
+        ({"speedups": [{"value": 2.0, "backend": "ort"}]}, "lacks device"),
+        ({"pretrained_cfg": {"input_sise": (1, 28, 28)}}, "Did you mean: input_size"),
+        ({"register_as": "bad/name"}, "not a valid model name"),
+        ({"base_architecture": "resnet_18"}, "not a timm model name"),
+    ],
+)
+def test_bad_arguments_are_refused_before_writing(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        save_tiny(tmp_path / "ckpt", **kwargs)
+    assert not (tmp_path / "ckpt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_dense_model_is_refused(tmp_path: Path) -> None:
+    dense = timm.create_model("resnet18", channels=(8, 16, 32, 64), num_classes=10)
+    with pytest.raises(ValueError, match="no factorized layers: decompose it first"):
+        trp_zoo.save_pretrained(dense, tmp_path / "ckpt")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(
+    saved: tuple[torch.nn.Module, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, path = saved
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("trp_zoo.checkpoint.write_weights", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_tiny(path, tiny_factorized(seed=1))
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    assert torch.equal(outputs(trp_zoo.load(path)), outputs(model))
+
+
+def test_replacing_a_checkpoint_and_refusing_other_directories(
+    saved: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    _, path = saved
+    newer = tiny_factorized(seed=1)
+    save_tiny(path, newer)
+    assert torch.equal(outputs(trp_zoo.load(path)), outputs(newer))
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a checkpoint directory"):
+        save_tiny(other)
+    assert (other / "cat.jpg").read_bytes() == b"not a checkpoint"
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_weights_give_a_clear_error(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    weights = path / WEIGHTS_NAME
+    good = weights.read_bytes()
+    _flip_last_byte(weights)  # the header still parses: only the recorded digest catches it
+    for load in (lambda: trp_zoo.load(path), lambda: timm.create_model(f"local-dir:{path}", True)):
+        with pytest.raises(CheckpointError, match=r"corrupt.*does not match the SHA-256"):
+            load()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"corrupt .*safetensors cannot read it"):
+        trp_zoo.load(path)
+    weights.write_bytes(good)
+    assert DIGEST_KEY.encode() in good[:4096]
+    trp_zoo.load(path)  # intact again
+
+
+def test_config_that_does_not_match_the_weights(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_args"]["rank_plan"]["layer1.0.conv1"] = 3
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        trp_zoo.load(path)
+    message = str(err.value)
+    assert "do not match the architecture in its config.json" in message
+    assert re.search(
+        r"layer1\.0\.conv1\.first\.weight has shape \(2, 64, 3, 3\) in the weights but "
+        r"\(3, 64, 3, 3\) in the architecture",
+        message,
+    )
+    assert "write both again with trp_zoo.save_pretrained" in message
+    trp_zoo.load(path, pretrained=False)  # the architecture alone still builds
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"has no config\.json"):
+        trp_zoo.load(tmp_path)
+    with pytest.raises(trp_zoo.UnknownModelError, match="no such checkpoint directory"):
+        trp_zoo.load(tmp_path / "missing")

@@ -1,0 +1,31 @@
+"""Errors the zoo raises: each message names the problem and the fix.
+
+They subclass the built-in exception a caller would otherwise catch (``ValueError``,
+``LookupError``, ``OSError``), so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of the zoo's errors."""
+
+
+class UnknownModelError(ZooError, ValueError):
+    """A name that is neither in the registry, nor in the local store, nor a path or repo id."""
+
+
+class WeightsNotPublishedError(ZooError, LookupError):
+    """A registry name whose weights are neither published nor trained on this machine."""
+
+
+class NotCachedError(ZooError, OSError):
+    """The hub cannot be reached (or ``HF_HUB_OFFLINE=1``) and the files are not cached."""
+
+
+class CheckpointError(ZooError, ValueError):
+    """A checkpoint that is incomplete, corrupt, or whose weights do not match its config."""
+
+
+class PublishError(ZooError, RuntimeError):
+    """Publishing a checkpoint failed or was refused."""

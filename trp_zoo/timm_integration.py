@@ -1,0 +1,162 @@
+"""The factorized architecture as a timm model entrypoint: ``trp_factorized``.
+
+Importing ``trp_zoo`` registers it, so timm's own loader reads our checkpoints::
+
+    timm.create_model("hf-hub:ORG/NAME", pretrained=True)
+    timm.create_model("local-dir:PATH", pretrained=True)
+
+timm reads ``config.json``: ``architecture`` names this entrypoint and ``model_args``
+(``base_architecture``, ``scheme``, ``rank_plan``, ``num_classes``, ``in_chans``, ...)
+become its keyword arguments. The entrypoint builds the base timm model, swaps the planned
+convs for ``FactorizedConv2d`` layers, and lets timm's ``build_model_with_cfg`` attach the
+``pretrained_cfg`` and load ``model.safetensors``, after checking that the file is intact
+and that its tensors fit the architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import SafetensorError
+from timm.models import build_model_with_cfg, register_model
+from torch import nn
+
+from .checkpoint import ARCHITECTURE, WEIGHTS_NAME, verify_weights, weights_mismatch
+from .decompose import factorize_architecture
+from .errors import CheckpointError
+
+_REQUIRED = ("base_architecture", "scheme", "rank_plan")
+_WEIGHT_SOURCES = ("url", "file", "state_dict", "hf_hub_id")
+
+
+def _base_pretrained_cfg(base: str) -> dict[str, Any]:
+    """The base model's pretrained_cfg without its weight source and provenance."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(base)
+    out = cfg.to_dict(remove_source=True) if cfg is not None else {}
+    for key in ("tag", "license", "origin_url", "paper_name", "paper_ids", "notes", "description"):
+        out.pop(key, None)
+    out["architecture"] = ARCHITECTURE
+    return out
+
+
+def _build(base: str, scheme: str, plan: Mapping[str, int], **kwargs: Any) -> nn.Module:
+    model = timm.create_model(base, pretrained=False, **kwargs)
+    return factorize_architecture(model, scheme, plan)
+
+
+def _where(cfg: Mapping[str, Any]) -> str:
+    if cfg.get("source") == "local-dir":
+        return str(cfg.get("file"))
+    if cfg.get("hf_hub_id"):
+        return f"hf-hub:{cfg['hf_hub_id']}"
+    return ARCHITECTURE
+
+
+def _weights_file(cfg: Mapping[str, Any], cache_dir: str | Path | None) -> Path | None:
+    """The local path of the weights timm is about to load, when they come from a checkpoint."""
+    from timm.models._hub import hf_split
+
+    from .hub import download_file
+
+    if cfg.get("source") == "local-dir" and cfg.get("file"):
+        return Path(cfg["file"]) / WEIGHTS_NAME
+    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
+        repo_id, revision = hf_split(cfg["hf_hub_id"])
+        filename = cfg.get("hf_hub_filename") or WEIGHTS_NAME
+        return download_file(repo_id, filename, revision=revision, cache_dir=cache_dir)
+    return None
+
+
+def _as_list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _check_weights(
+    state_dict: dict[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    cfg: Mapping[str, Any],
+    num_classes: int,
+    in_chans: int,
+    summary: str,
+) -> dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: refuse weights that do not fit the architecture."""
+    skip = []
+    if num_classes != cfg.get("num_classes"):
+        skip += _as_list(cfg.get("classifier"))  # timm drops the head to adapt it
+    if in_chans != (cfg.get("input_size") or (3,))[0]:
+        skip += _as_list(cfg.get("first_conv"))  # timm adapts the stem
+    problems = weights_mismatch(state_dict, model, skip)
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; ... ({len(problems)} in all)" if len(problems) > 5 else ""
+        )
+        raise CheckpointError(
+            f"{_where(cfg)}: the weights in {WEIGHTS_NAME} do not match the architecture in its "
+            f"config.json ({summary}): {shown}. config.json and {WEIGHTS_NAME} come from different "
+            "saves; write both again with trp_zoo.save_pretrained (and publish the matching pair)."
+        )
+    return state_dict
+
+
+@register_model
+def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A timm model whose planned convs are ``FactorizedConv2d`` layers.
+
+    Keyword arguments (from a checkpoint's ``config.json`` ``model_args``):
+    ``base_architecture`` (a timm model name), ``scheme`` (``channel`` or ``spatial``),
+    ``rank_plan`` (``{layer name: rank}``); the rest (``num_classes``, ``in_chans``, ...)
+    go to ``timm.create_model(base_architecture, ...)``.
+    """
+    missing = [k for k in _REQUIRED if k not in kwargs]
+    if missing:
+        raise CheckpointError(
+            f"{ARCHITECTURE} needs {', '.join(missing)}: load a trp-zoo checkpoint with "
+            "timm.create_model('hf-hub:ORG/NAME') or 'local-dir:PATH' (its config.json's "
+            "model_args hold them), or use trp_zoo.load(NAME)"
+        )
+    base = kwargs.pop("base_architecture")
+    scheme = kwargs.pop("scheme")
+    plan = kwargs.pop("rank_plan")
+    cfg = kwargs.pop("pretrained_cfg", None) or _base_pretrained_cfg(base)
+    if not isinstance(cfg, dict):
+        cfg = cfg.to_dict()
+    if pretrained and not any(cfg.get(k) for k in _WEIGHT_SOURCES):
+        raise CheckpointError(
+            f"{ARCHITECTURE} has no weights of its own: load a checkpoint with "
+            "timm.create_model('hf-hub:ORG/NAME', pretrained=True) or 'local-dir:PATH', or "
+            "trp_zoo.load(NAME)"
+        )
+    if pretrained:
+        weights = _weights_file(cfg, kwargs.get("cache_dir"))
+        if weights is not None:
+            verify_weights(weights)
+    filter_fn = partial(
+        _check_weights,
+        cfg=cfg,
+        num_classes=int(kwargs.get("num_classes", cfg.get("num_classes", 1000))),
+        in_chans=int(kwargs.get("in_chans", (cfg.get("input_size") or (3,))[0])),
+        summary=f"{base}, {scheme} scheme, {len(plan)} factorized layers",
+    )
+    try:
+        return build_model_with_cfg(
+            partial(_build, base, scheme, plan),
+            ARCHITECTURE,
+            pretrained,
+            pretrained_cfg=cfg,
+            pretrained_filter_fn=filter_fn,
+            **kwargs,
+        )
+    except SafetensorError as err:
+        raise CheckpointError(
+            f"{_where(cfg)}: {WEIGHTS_NAME} is corrupt ({err}); download or save it again"
+        ) from None
