@@ -61,8 +61,10 @@ def _model_summary(
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return {
         "source": source,
-        "architecture": info.get("architecture") or cfg.get("architecture") or type(model).__name__,
-        "base_architecture": info.get("base_architecture"),
+        "architecture": info.get("base_architecture")
+        or info.get("architecture")
+        or cfg.get("architecture")
+        or type(model).__name__,
         "scheme": trp_zoo.factorized_scheme(model),
         "factorized_layers": len(plan),
         "rank_plan": plan,
@@ -152,7 +154,9 @@ def build_and_check(
             dataset_hint=summary["card"].get("dataset"),
             max_images=config.max_images,
         )
-        accuracy = _accuracy(engines, models, data, max(config.batch_sizes), summary)
+        hi = engines["factorized"].batch_range[1]  # TensorRT: the profile's largest batch
+        eval_batch = hi if hi is not None else max(64, *config.batch_sizes)
+        accuracy = _accuracy(engines, models, data, eval_batch, summary)
         timings = measure_interleaved(
             engines,
             config.batch_sizes,

@@ -13,7 +13,12 @@ INPUT_SIZE = (1, 28, 28)
 def tiny_resnet() -> nn.Module:
     """A narrow one-block-per-stage timm ResNet for 28x28 grey images, with its data config."""
     model = ResNet(
-        BasicBlock, (1, 1, 1, 1), num_classes=10, in_chans=1, stem_width=16, channels=(16, 32, 32, 64)
+        BasicBlock,
+        (1, 1, 1, 1),
+        num_classes=10,
+        in_chans=1,
+        stem_width=16,
+        channels=(16, 32, 32, 64),
     )
     model.pretrained_cfg = {
         "input_size": INPUT_SIZE,

@@ -21,7 +21,9 @@ from tests.runtime_models import INPUT_SIZE, tiny_factorized
 def built(tmp_path_factory):
     model = tiny_factorized()
     out = tmp_path_factory.mktemp("engine")
-    engine = build(model, out / "tiny.ort.onnx", backend="onnxruntime", batch_sizes=(1, 4), threads=1)
+    engine = build(
+        model, out / "tiny.ort.onnx", backend="onnxruntime", batch_sizes=(1, 4), threads=1
+    )
     yield model, engine, out
     engine.close()
 
@@ -71,22 +73,28 @@ def test_load_again_and_reuse(built):
 
 
 def test_engine_is_rebuilt_when_its_inputs_change(tmp_path, built):
-    _, engine, out = built
+    _, _, out = built
     onnx_path, engine_path = out / "tiny.onnx", tmp_path / "e.ort.onnx"
     options = BuildOptions(backend="onnxruntime", batch_sizes=(1, 4))
     assert build_engine_file(onnx_path, engine_path, options).reason == "no engine file yet"
-    changed = build_engine_file(onnx_path, engine_path, BuildOptions("onnxruntime", batch_sizes=(2, 8)))
+    changed = build_engine_file(
+        onnx_path, engine_path, BuildOptions("onnxruntime", batch_sizes=(2, 8))
+    )
     assert changed.rebuilt and "batch" in changed.reason
     # a different backend version (e.g. after an upgrade) invalidates the engine
     meta_file = metadata_path(engine_path)
     meta = json.loads(meta_file.read_text())
     meta["backend_version"] = "0.0.1"
     meta_file.write_text(json.dumps(meta))
-    again = build_engine_file(onnx_path, engine_path, BuildOptions("onnxruntime", batch_sizes=(2, 8)))
+    again = build_engine_file(
+        onnx_path, engine_path, BuildOptions("onnxruntime", batch_sizes=(2, 8))
+    )
     assert again.rebuilt and "backend_version: '0.0.1'" in again.reason
     # a damaged engine file no longer matches its checksum
     engine_path.write_bytes(engine_path.read_bytes()[:-10])
-    repaired = build_engine_file(onnx_path, engine_path, BuildOptions("onnxruntime", batch_sizes=(2, 8)))
+    repaired = build_engine_file(
+        onnx_path, engine_path, BuildOptions("onnxruntime", batch_sizes=(2, 8))
+    )
     assert repaired.rebuilt and "checksum" in repaired.reason
 
 
@@ -97,7 +105,7 @@ def test_corrupt_engine_file_is_a_clear_error(tmp_path, built):
     metadata_path(copy).write_text(metadata_path(engine.path).read_text())
     Engine.load(copy, threads=1).close()
     copy.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(EngineError, match="corrupt or was modified.*rebuild"):
+    with pytest.raises(EngineError, match=r"corrupt or was modified.*rebuild"):
         Engine.load(copy)
     metadata_path(copy).unlink()  # without metadata: ONNX Runtime itself refuses the file
     with pytest.raises(EngineError, match="not a readable ONNX file"):
@@ -119,7 +127,7 @@ def test_plain_onnx_model_loads_without_metadata(built):
 
 
 def test_onnxruntime_refuses_reduced_precision(built):
-    _, engine, out = built
+    _, _, out = built
     with pytest.raises(ValueError, match="precision fp16 needs the TensorRT backend"):
         build(out / "tiny.onnx", out / "fp16.ort.onnx", backend="onnxruntime", precision="fp16")
 

@@ -43,9 +43,7 @@ def test_factorized_convs_export_as_two_plain_convs(factorized_export):
     assert ops["Conv"] == n_convs  # every FactorizedConv2d: its two nn.Conv2d, nothing else
     assert n_factorized > 0 and exported.op_counts["Conv"] == n_convs
     assert "BatchNormalization" not in ops  # folded into the convs
-    dense = export_onnx(
-        trp_zoo.densify(model), exported.path.with_name("dense.onnx"), INPUT_SIZE
-    )
+    dense = export_onnx(trp_zoo.densify(model), exported.path.with_name("dense.onnx"), INPUT_SIZE)
     assert exported.op_counts["Conv"] - dense.op_counts["Conv"] == n_factorized
 
 
