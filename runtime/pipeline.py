@@ -15,7 +15,7 @@ from torch import nn
 
 import trp_zoo
 
-from .backends import get_backend
+from .backends import check_precision, get_backend
 from .build import build_engine_file, model_input_size
 from .checks import Gates, check_agreement, evaluate_gates
 from .data import EvalData, resolve_eval_data
@@ -118,13 +118,8 @@ def build_and_check(
     summary = _model_summary(factorized, info, source or type(model).__name__, size)
     cost = trp_zoo.compare_cost(models["dense"], factorized, size)
 
-    exports = {
-        name: export_onnx(m, out / f"{name}.onnx", size, opset=config.opset)
-        for name, m in models.items()
-    }
-    _check_conv_nodes(exports, len(plan))
-
     backend = get_backend(config.backend, spinning=config.spinning)
+    check_precision(backend.name, config.precision)
     options = BuildOptions(
         backend=backend.name,
         precision=config.precision,
@@ -132,6 +127,19 @@ def build_and_check(
         workspace_bytes=config.workspace_bytes,
         timing_cache=config.timing_cache,
     )
+    data = resolve_eval_data(
+        config.data,
+        input_size=size,
+        data_config={**pretrained_cfg, "input_size": size},
+        dataset_hint=summary["card"].get("dataset"),
+        max_images=config.max_images,
+    )
+    exports = {
+        name: export_onnx(m, out / f"{name}.onnx", size, opset=config.opset)
+        for name, m in models.items()
+    }
+    _check_conv_nodes(exports, len(plan))
+
     built = {
         name: build_engine_file(
             exports[name].path,
@@ -147,13 +155,6 @@ def build_and_check(
         for name, b in built.items()
     }
     try:
-        data = resolve_eval_data(
-            config.data,
-            input_size=size,
-            data_config={**pretrained_cfg, "input_size": size},
-            dataset_hint=summary["card"].get("dataset"),
-            max_images=config.max_images,
-        )
         hi = engines["factorized"].batch_range[1]  # TensorRT: the profile's largest batch
         eval_batch = hi if hi is not None else max(64, *config.batch_sizes)
         accuracy = _accuracy(engines, models, data, eval_batch, summary)

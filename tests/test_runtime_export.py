@@ -1,3 +1,5 @@
+import copy
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 import trp_zoo
 from runtime.errors import ExportError
 from runtime.export import MIN_OPSET, check_onnx, export_onnx, onnx_io
-from tests.runtime_models import INPUT_SIZE, tiny_factorized
+from tests.runtime_models import INPUT_SIZE, tiny_factorized, tiny_resnet
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +74,18 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path):
 
 def test_old_opset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="opset 13 is too old"):
-        export_onnx(tiny_factorized(), tmp_path / "m.onnx", INPUT_SIZE, opset=13)
+        export_onnx(tiny_resnet(), tmp_path / "m.onnx", INPUT_SIZE, opset=13)
 
 
-def test_reexport_of_the_same_model_is_reused_and_changed_weights_are_not(tmp_path):
-    model = tiny_factorized()
-    first = export_onnx(model, tmp_path / "m.onnx", INPUT_SIZE)
+def test_reexport_of_the_same_model_is_reused_and_changed_weights_are_not(factorized_export):
+    model, first = factorized_export
     stamp = first.path.stat().st_mtime_ns
-    again = export_onnx(model, tmp_path / "m.onnx", INPUT_SIZE)
+    again = export_onnx(model, first.path, INPUT_SIZE)
     assert again == first and first.path.stat().st_mtime_ns == stamp
+    changed_model = copy.deepcopy(model)
     with torch.no_grad():
-        model.fc.bias.add_(1.0)
-    changed = export_onnx(model, tmp_path / "m.onnx", INPUT_SIZE)
+        changed_model.fc.bias.add_(1.0)
+    changed = export_onnx(changed_model, first.path.with_name("changed.onnx"), INPUT_SIZE)
     assert changed.sha256 != first.sha256
+    shutil.copy(changed.path, first.path)  # a file that no longer matches its record
+    assert export_onnx(model, first.path, INPUT_SIZE).sha256 == first.sha256  # re-exported

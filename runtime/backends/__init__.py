@@ -49,6 +49,15 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
+def check_precision(backend: str, precision: str) -> None:
+    """Refuse precisions a backend cannot build (ONNX Runtime engines are fp32)."""
+    if backend == "onnxruntime" and precision != "fp32":
+        raise ValueError(
+            f"precision {precision} needs the TensorRT backend; ONNX Runtime engines are fp32 "
+            "(use --precision fp32 or --backend tensorrt)"
+        )
+
+
 def get_backend(name: str, *, spinning: bool = True) -> Backend:
     """The backend object for ``name`` (``auto`` resolved); a clear error when unavailable."""
     resolved = resolve_backend_name(name)
@@ -66,6 +75,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "Session",
+    "check_precision",
     "get_backend",
     "resolve_backend_name",
     "tensorrt_unavailable_reason",

@@ -101,11 +101,9 @@ class OnnxRuntimeBackend:
         return f"{provs[0]} ({cpu_name()})" if provs[0] == "CPUExecutionProvider" else provs[0]
 
     def build(self, onnx_path: Path, engine_path: Path, options: BuildOptions) -> dict[str, object]:
-        if options.precision != "fp32":
-            raise ValueError(
-                f"precision {options.precision} needs the TensorRT backend; ONNX Runtime engines "
-                "are fp32 (use --precision fp32 or --backend tensorrt)"
-            )
+        from . import check_precision
+
+        check_precision(self.name, options.precision)
         engine_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = engine_path.parent / f".{engine_path.name}.tmp-{uuid.uuid4().hex[:8]}"
         so = session_options(1, level="basic")
