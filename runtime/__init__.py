@@ -7,6 +7,8 @@ from .build import BuiltEngine, build, build_engine_file
 from .engine import Engine
 from .errors import BackendUnavailableError, DataError, EngineError, ExportError
 from .export import export_onnx
+from .pipeline import RunConfig, build_and_check
+from .report import to_markdown
 
 __all__ = [
     "BackendUnavailableError",
@@ -15,7 +17,10 @@ __all__ = [
     "Engine",
     "EngineError",
     "ExportError",
+    "RunConfig",
     "build",
+    "build_and_check",
     "build_engine_file",
     "export_onnx",
+    "to_markdown",
 ]

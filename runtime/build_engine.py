@@ -22,7 +22,6 @@ from .checks import Gates
 from .export import DEFAULT_OPSET, MIN_OPSET
 from .pipeline import RunConfig, build_and_check
 from .report import to_markdown
-from .sources import load_source
 from .spec import PRECISIONS, check_input_size, parse_batch_sizes
 
 
@@ -151,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         config = config_from_args(args)
-        model, info = load_source(args.source)
-        report = build_and_check(model, args.output, config, info=info, source=args.source)
+        report = build_and_check(args.source, args.output, config)
     except (ValueError, LookupError, OSError, RuntimeError) as err:
         # the zoo's and the runtime's errors subclass these; their messages name the fix
         print(f"error: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ from .errors import ExportError
 from .export import DEFAULT_OPSET, ExportedModel, export_onnx
 from .latency import measure_interleaved
 from .report import environment, write_report
+from .sources import load_source
 from .spec import BuildOptions, check_input_size
 
 logger = logging.getLogger(__name__)
@@ -86,20 +87,25 @@ def _check_conv_nodes(exports: Mapping[str, ExportedModel], factorized_layers: i
 
 
 def build_and_check(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     config: RunConfig = RunConfig(),
     *,
     info: Mapping[str, Any] | None = None,
     source: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole check for a factorized ``model``; returns the report (also written).
+    """Run the whole check for a factorized model; returns the report (also written).
 
-    The dense counterpart is ``trp_zoo.densify(model)``: the same function with each
-    factorized pair merged into one conv, so accuracy checks apply to both engines and the
-    latency comparison is like for like. ``info`` is ``trp_zoo.model_info(source)`` when
-    the model came from the zoo (input size, mean/std, the card's top-1 and data set).
+    ``model`` is a model in memory, or a zoo name, hub repo id or checkpoint directory
+    (loaded with ``trp_zoo.load`` and described by ``trp_zoo.model_info``). The dense
+    counterpart is ``trp_zoo.densify(model)``: the same function with each factorized pair
+    merged into one conv, so accuracy checks apply to both engines and the latency
+    comparison is like for like. ``info`` is ``trp_zoo.model_info(source)`` for a model in
+    memory that came from the zoo (input size, mean/std, the card's top-1 and data set).
     """
+    if not isinstance(model, nn.Module):
+        source = source or str(model)
+        model, info = load_source(str(model))
     info = dict(info or {})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
