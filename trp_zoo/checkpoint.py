@@ -330,7 +330,8 @@ def save_pretrained(
         register_as: also record the checkpoint in the local store under this name, so
             ``trp_zoo.load(name)`` finds it offline on this machine.
         name: the model's name in the card (default: ``register_as`` or the directory name).
-        repo_id: the hub repo the checkpoint is meant for (used in the card's usage lines).
+        repo_id: the hub repo the checkpoint is meant for (used in the card's usage lines;
+            defaults to the registry entry's repo when ``register_as`` is a registry name).
         label_names: class names, in classifier order.
         base_architecture: the timm model name the model was built from (read from the
             model's ``pretrained_cfg`` when not given).
@@ -364,6 +365,11 @@ def save_pretrained(
     prov = dict(provenance or {})
     _check_destination(path)
     name = name or register_as or path.resolve().name
+    if repo_id is None and register_as is not None:
+        from .registry import REGISTRY
+
+        entry = REGISTRY.get(register_as)
+        repo_id = entry.repo_id if entry is not None else None
 
     args = {**(model_args or {}), "base_architecture": base, "scheme": scheme, "rank_plan": plan}
     with atomic_directory(path) as tmp:

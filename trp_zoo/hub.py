@@ -2,12 +2,14 @@
 
 A source is resolved in this order:
 
-1. ``hf-hub:ORG/NAME[@REV]`` and ``local-dir:PATH`` mean what they mean to timm;
-2. an existing directory (or anything that looks like a path) is a checkpoint directory;
-3. a name in the local store (``$TRP_ZOO_HOME/models``): a model trained on this machine
+1. ``hf-hub:ORG/NAME[@REV]`` and ``local-dir:PATH`` mean what they mean to timm; a
+   ``PathLike`` or a string that looks like a path (``./x``, ``/x``, ``~/x``, ``a/b/c``)
+   is a checkpoint directory;
+2. a name in the local store (``$TRP_ZOO_HOME/models``): a model trained on this machine
    wins over the published one of the same name, so a recipe's result loads by name at
    once, offline; load the published one by its repo id (``trp-zoo/NAME``);
-4. a registry name: its hub repo;
+3. a registry name: its hub repo;
+4. an existing directory (``runs/ckpt``);
 5. ``ORG/NAME``: a hub repo.
 
 Downloads go through huggingface_hub (``snapshot_download``/``hf_hub_download``), so its
@@ -17,6 +19,7 @@ built by ``timm.create_model`` from the downloaded config.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from .errors import NotCachedError, UnknownModelError, WeightsNotPublishedError,
 from .registry import REGISTRY, ZooEntry, list_models
 from .store import local_path, store_dir
 
+logger = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -78,7 +82,7 @@ def resolve(source: str | os.PathLike[str], revision: str | None = None) -> Reso
         return Resolved(src, "hub", repo_id=repo, revision=rev or revision)
     if src.startswith("local-dir:"):
         return _directory(src, src[len("local-dir:") :])
-    if os.path.isdir(os.path.expanduser(src)) or _looks_like_path(src):
+    if _looks_like_path(src):
         return _directory(src, src)
     stored = local_path(src)
     if stored is not None:
@@ -86,6 +90,8 @@ def resolve(source: str | os.PathLike[str], revision: str | None = None) -> Reso
     if src in REGISTRY:
         entry = REGISTRY[src]
         return Resolved(src, "hub", repo_id=entry.repo_id, revision=revision, entry=entry)
+    if os.path.isdir(src):
+        return _directory(src, src)
     if _REPO_ID.fullmatch(src):
         return Resolved(src, "hub", repo_id=src, revision=revision)
     from .modules import close_matches
@@ -232,6 +238,7 @@ def load(
     checkpoint = download(
         resolved, weights=pretrained, cache_dir=cache_dir, force_download=force_download
     )
+    logger.info("loading %s from %s (%s)", resolved.source, checkpoint, resolved.origin)
     return timm.create_model(
         _timm_name(resolved, checkpoint),
         pretrained=pretrained,
