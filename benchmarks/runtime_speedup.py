@@ -33,11 +33,12 @@ from runtime.backends import get_backend
 from runtime.build import build_engine_file
 from runtime.engine import Engine
 from runtime.export import export_onnx
-from runtime.io import atomic_write_json, atomic_write_text
+from runtime.io import atomic_write_text
 from runtime.latency import measure_interleaved
 from runtime.rank_plans import aligned_rank_plan
 from runtime.report import environment
 from runtime.spec import BuildOptions
+from trp_zoo.fileio import write_json
 
 RESULTS = Path(__file__).parent / "results" / "runtime_speedup.json"
 INPUT_SIZE = (3, 224, 224)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "goal": _goal(rows),
     }
-    atomic_write_json(args.output, result)
+    write_json(args.output, result)
     atomic_write_text(args.output.with_suffix(".md"), to_markdown(result))
     print(to_markdown(result))
 

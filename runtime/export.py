@@ -23,8 +23,10 @@ import onnx
 import torch
 from torch import nn
 
+from trp_zoo.fileio import write_json
+
 from .errors import ExportError
-from .io import atomic_write_bytes, atomic_write_json, sha256_file
+from .io import atomic_write_bytes, sha256_file
 from .spec import check_input_size
 
 INPUT_NAME = "input"
@@ -111,7 +113,7 @@ def export_onnx(
         "op_counts": exported.op_counts,
         "max_abs_diff": diff,
     }
-    atomic_write_json(_sidecar(path), record)
+    write_json(_sidecar(path), record)
     return exported
 
 

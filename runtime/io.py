@@ -1,13 +1,14 @@
-"""Atomic file writes (temporary file next to the target, then a rename) and hashing."""
+"""Atomic file writes (temporary file next to the target, then a rename) and hashing.
+
+JSON goes through ``trp_zoo.fileio.write_json``; engines and text through these.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -30,11 +31,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Atomic UTF-8 text write."""
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Atomic write of ``obj`` as indented JSON."""
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json, atomic_write_text
+from trp_zoo.fileio import write_json
+
+from .io import atomic_write_text
 
 
 def environment() -> dict[str, Any]:
@@ -42,7 +44,8 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` atomically; returns both paths."""
     out = Path(output_dir)
-    json_path = atomic_write_json(out / "report.json", report)
+    json_path = out / "report.json"
+    write_json(json_path, report)
     md_path = atomic_write_text(out / "report.md", to_markdown(report))
     return json_path, md_path
 

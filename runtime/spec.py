@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trp_zoo.fileio import write_json
+
 from .errors import EngineError
-from .io import atomic_write_json, sha256_file
+from .io import sha256_file
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -128,7 +130,9 @@ def metadata_path(engine_path: str | os.PathLike[str]) -> Path:
 
 
 def save_metadata(engine_path: str | os.PathLike[str], meta: EngineMetadata) -> Path:
-    return atomic_write_json(metadata_path(engine_path), meta.to_dict())
+    path = metadata_path(engine_path)
+    write_json(path, meta.to_dict())
+    return path
 
 
 def read_metadata(engine_path: str | os.PathLike[str]) -> EngineMetadata | None:

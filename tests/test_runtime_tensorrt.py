@@ -19,6 +19,11 @@ pytestmark = [
 ]
 
 
+def _build(model, path, **kwargs):
+    kwargs.setdefault("batch_sizes", (1, 8))
+    return build(model, path, backend="tensorrt", **kwargs)
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_factorized()
@@ -27,13 +32,7 @@ def model():
 @pytest.fixture(scope="module")
 def fp32_engine(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("trt")
-    engine = build(
-        model,
-        out / "tiny.engine",
-        backend="tensorrt",
-        batch_sizes=(1, 8),
-        timing_cache=out / "timing.cache",
-    )
+    engine = _build(model, out / "tiny.engine", timing_cache=out / "timing.cache")
     yield engine, out
     engine.close()
 
@@ -53,21 +52,10 @@ def test_fp32_engine_matches_torch(model, fp32_engine):
 
 def test_rebuild_reuses_timing_cache_and_engine(model, fp32_engine):
     engine, out = fp32_engine
-    again = build(
-        model,
-        out / "tiny.engine",
-        backend="tensorrt",
-        batch_sizes=(1, 8),
-        timing_cache=out / "timing.cache",
-    )
+    again = _build(model, out / "tiny.engine", timing_cache=out / "timing.cache")
     assert again.metadata.engine_sha256 == engine.metadata.engine_sha256  # reused
-    rebuilt = build(
-        model,
-        out / "tiny-force.engine",
-        backend="tensorrt",
-        batch_sizes=(1, 8),
-        timing_cache=out / "timing.cache",
-        force=True,
+    rebuilt = _build(
+        model, out / "tiny-force.engine", timing_cache=out / "timing.cache", force=True
     )
     assert rebuilt.metadata.extra["timing_cache_reused"] is True
     rebuilt.close()
@@ -76,12 +64,8 @@ def test_rebuild_reuses_timing_cache_and_engine(model, fp32_engine):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_reduced_precision_engines_stay_close(model, tmp_path, precision):
-    with build(
-        model,
-        tmp_path / f"{precision}.engine",
-        backend="tensorrt",
-        precision=precision,
-        batch_sizes=(1, 4),
+    with _build(
+        model, tmp_path / f"{precision}.engine", precision=precision, batch_sizes=(1, 4)
     ) as engine:
         x = torch.randn(4, *INPUT_SIZE)
         ref = model(x).detach()
