@@ -29,25 +29,30 @@ class Agreement:
         return asdict(self)
 
 
-def _run_engine(engine: Engine, x: np.ndarray) -> np.ndarray:
-    """Run a batch, padding it up to the engine's smallest batch when it is shorter."""
+def _run_engine(engine: Engine, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``x`` in chunks of ``batch_size``, padding a chunk shorter than the smallest batch."""
     lo = engine.batch_range[0]
-    if len(x) >= lo:
-        return engine(x)
-    pad = np.zeros((lo - len(x), *x.shape[1:]), dtype=x.dtype)
-    return engine(np.concatenate([x, pad]))[: len(x)]
+    outs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        n = len(chunk)
+        if n < lo:
+            chunk = np.concatenate([chunk, np.zeros((lo - n, *x.shape[1:]), dtype=x.dtype)])
+        outs.append(engine(chunk)[:n])
+    return np.concatenate(outs)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def check_agreement(
-    engine: Engine, model: nn.Module, data: EvalData, *, batch_size: int
+    engine: Engine, model: nn.Module, data: EvalData, *, batch_size: int, torch_batch: int = 256
 ) -> Agreement:
-    """Run ``engine`` and ``model`` (eval mode, fp32, CPU) on every image of ``data``."""
+    """Run ``engine`` (batches of ``batch_size``) and ``model`` (eval mode, fp32, CPU) on every
+    image of ``data``."""
     model.eval()
     max_abs, max_ref, agree, correct_engine, correct_torch, seen = 0.0, 0.0, 0, 0, 0, 0
-    for images, labels in data.batches(batch_size):
+    for images, labels in data.batches(max(torch_batch, batch_size)):
         ref = model(images).float().numpy()
-        got = _run_engine(engine, images.numpy()).astype(np.float32)
+        got = _run_engine(engine, images.numpy(), batch_size).astype(np.float32)
         if got.shape != ref.shape:
             raise ValueError(f"engine output shape {got.shape} != PyTorch {ref.shape}")
         max_abs = max(max_abs, float(np.max(np.abs(got - ref))))

@@ -45,7 +45,7 @@ class RunConfig:
     warmup: int = 10
     runs: int = 50
     threads: int | None = None  # ONNX Runtime intra-op threads (default: all CPUs)
-    spinning: bool = True  # ONNX Runtime thread spinning
+    spinning: bool = False  # ONNX Runtime thread spinning (erratic timings on shared CPUs)
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None
     opset: int = DEFAULT_OPSET
