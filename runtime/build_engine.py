@@ -90,6 +90,15 @@ def parser() -> argparse.ArgumentParser:
         "under ~/.cache/trp_zoo/tensorrt)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument(
+        "--pad-ranks",
+        type=int,
+        default=16,
+        metavar="M",
+        help="round every rank up to a multiple of M with zero components before export: the "
+        "same function with hardware-friendly channel counts, usually faster despite the "
+        "extra MACs (1 keeps the model's ranks)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild engines even when up to date")
     gates = p.add_argument_group("gates (exit status 1 when one fails)")
     gates.add_argument(
@@ -135,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         workspace_bytes=int(args.workspace * (1 << 30)),
         timing_cache=args.timing_cache,
         opset=args.opset,
+        pad_ranks=args.pad_ranks,
         force=args.force,
         gates=Gates(
             max_abs_diff=args.max_abs_diff,

@@ -23,6 +23,7 @@ from .engine import Engine
 from .errors import ExportError
 from .export import DEFAULT_OPSET, ExportedModel, export_onnx
 from .latency import measure_interleaved
+from .rank_plans import pad_ranks
 from .report import environment, write_report
 from .sources import load_source
 from .spec import BuildOptions, check_input_size
@@ -49,6 +50,7 @@ class RunConfig:
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None
     opset: int = DEFAULT_OPSET
+    pad_ranks: int = 16  # round ranks up to this multiple with zero components (same function)
     force: bool = False
     gates: Gates = field(default_factory=Gates)
     progress: bool = False
@@ -110,6 +112,8 @@ def build_and_check(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     factorized = model.eval()
+    if config.pad_ranks > 1:
+        factorized = pad_ranks(factorized, config.pad_ranks).eval()
     plan = trp_zoo.rank_plan(factorized)
     if not plan:
         raise ValueError(
@@ -122,6 +126,7 @@ def build_and_check(
         config.input_size or tuple(pretrained_cfg.get("input_size") or model_input_size(model))
     )
     summary = _model_summary(factorized, info, source or type(model).__name__, size)
+    summary["ranks_padded_to_multiple_of"] = config.pad_ranks
     cost = trp_zoo.compare_cost(models["dense"], factorized, size)
 
     backend = get_backend(config.backend, spinning=config.spinning)

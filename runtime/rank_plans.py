@@ -5,11 +5,13 @@ units and blocked memory layouts such as ONNX Runtime's NCHWc or TensorRT's tens
 tiles work in channel groups of 8 or 16) or when a layer barely gets cheaper but pays for
 an extra kernel launch and an extra activation round trip. ``aligned_rank_plan`` picks,
 for a target MACs reduction, ranks that are multiples of ``multiple`` and keeps layers
-dense whose own reduction would be small.
+dense whose own reduction would be small; ``pad_ranks`` rounds the ranks of an already
+factorized model (e.g. TRP-trained) up to such multiples without changing its function.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 import trp_zoo
 from trp_zoo.convs import ConvGeometry
+from trp_zoo.modules import set_submodule
 from trp_zoo.targets import Patterns, select_targets
 
 
@@ -118,3 +121,38 @@ def aligned_rank_plan(
                 break
         else:
             return plan
+
+
+@torch.no_grad()
+def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
+    """Copy of a factorized model whose ranks are rounded up to multiples of ``multiple``.
+
+    The added rank components are zero (zero rows in ``first``, zero columns in
+    ``second``), so the model computes exactly the same function; it only gets
+    hardware-friendly channel counts. A layer is left as it is when the padded rank would
+    no longer lower its MACs.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    new = copy.deepcopy(model)
+    for name, layer in list(new.named_modules()):
+        if not isinstance(layer, trp_zoo.FactorizedConv2d):
+            continue
+        rank = -(-layer.rank // multiple) * multiple
+        scheme = trp_zoo.get_scheme(layer.scheme)
+        if rank == layer.rank or not scheme.lowers_cost(layer.geom, rank):
+            continue
+        first, second = layer.first.weight, layer.second.weight
+        pad_first = first.new_zeros((rank - layer.rank, *first.shape[1:]))
+        pad_second = second.new_zeros((second.shape[0], rank - layer.rank, *second.shape[2:]))
+        bias = layer.second.bias.detach() if layer.second.bias is not None else None
+        padded = trp_zoo.FactorizedConv2d.from_factors(
+            layer.geom,
+            scheme,
+            torch.cat([first.detach(), pad_first]),
+            torch.cat([second.detach(), pad_second], dim=1),
+            bias,
+        )
+        padded.train(layer.training)
+        set_submodule(new, name, padded)
+    return new

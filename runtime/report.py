@@ -62,7 +62,13 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         f"# Engine report: {m['source']}",
         "",
         f"- model: `{m['architecture']}`, {m['scheme']} scheme, {m['factorized_layers']} "
-        f"factorized convs, input {tuple(m['input_size'])}",
+        f"factorized convs"
+        + (
+            f" (ranks padded to multiples of {m['ranks_padded_to_multiple_of']})"
+            if m.get("ranks_padded_to_multiple_of", 1) > 1
+            else ""
+        )
+        + f", input {tuple(m['input_size'])}",
         f"- backend: {be['name']} {be['version']} on {be['device']}, {be['precision']}"
         + (f", {be['threads']} threads" if be.get("threads") else ""),
         f"- MACs per image: dense {cost['dense_macs']:,}, factorized {cost['factorized_macs']:,} "

@@ -67,6 +67,7 @@ def test_cli_builds_checks_and_reports(first_run, checkpoint, capsys):
         assert metadata_path(out / f"{name}.ort.onnx").is_file()
     model = report["model"]
     assert model["architecture"] == "resnet18" and model["scheme"] == "channel"
+    assert model["ranks_padded_to_multiple_of"] == 16  # the default: same function
     assert model["card"]["top1"] == pytest.approx(checkpoint[1])
     acc = report["accuracy"]
     assert acc["labelled"] and "Fashion-MNIST" in acc["data"]  # the default for this model

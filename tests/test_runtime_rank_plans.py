@@ -2,9 +2,10 @@ import copy
 
 import pytest
 import timm
+import torch
 
 import trp_zoo
-from runtime.rank_plans import aligned_rank_plan
+from runtime.rank_plans import aligned_rank_plan, pad_ranks
 
 SIZE = (3, 32, 32)
 
@@ -29,3 +30,27 @@ def test_aligned_plan_reaches_the_target_with_multiples_of_16(resnet18, scheme, 
 def test_unreachable_target_says_how_far_it_can_go(resnet18):
     with pytest.raises(ValueError, match=r"cannot cut this model's MACs 50.0x .* at most"):
         aligned_rank_plan(resnet18, "channel", 50.0, SIZE)
+
+
+def test_pad_ranks_keeps_the_function_and_rounds_up():
+    model = trp_zoo.decompose(
+        timm.create_model("resnet18", num_classes=10).eval(), "channel", rank=23
+    )
+    padded = pad_ranks(model, 16)
+    before, after = trp_zoo.rank_plan(model), trp_zoo.rank_plan(padded)
+    assert before.keys() == after.keys() and set(before.values()) == {23}
+    assert all(rank == 32 for rank in after.values())
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), model(x), rtol=0, atol=1e-6)
+    assert trp_zoo.rank_plan(model) == before  # the input is untouched
+
+
+def test_pad_ranks_leaves_layers_where_padding_would_not_pay():
+    model = trp_zoo.decompose(
+        timm.create_model("resnet18", num_classes=10).eval(), "channel", rank=50
+    )
+    padded = pad_ranks(model, 16)
+    # layer1 convs (64 -> 64, 3x3): rank 64 would cost more than the dense conv
+    assert trp_zoo.rank_plan(padded)["layer1.0.conv1"] == 50
+    assert trp_zoo.rank_plan(padded)["layer4.0.conv1"] == 64
