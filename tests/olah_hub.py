@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from huggingface_hub import constants
 
 OLAH_CLI = Path(sys.executable).parent / "olah-cli"
@@ -102,7 +103,9 @@ class OlahHub:
             proc.wait(timeout=15)
 
 
-def use_hub(monkeypatch: object, endpoint: str, hf_home: Path, offline: bool = False) -> None:
+def use_hub(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: Path, offline: bool = False
+) -> None:
     """Point huggingface_hub at ``endpoint`` with cache under ``hf_home``, in this process.
 
     huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported, so
@@ -115,12 +118,12 @@ def use_hub(monkeypatch: object, endpoint: str, hf_home: Path, offline: bool = F
         "HF_HUB_OFFLINE": "1" if offline else "0",
     }
     for key, value in env.items():
-        monkeypatch.setenv(key, value)  # type: ignore[attr-defined]
-    values = {
+        monkeypatch.setenv(key, value)
+    values: dict[str, object] = {
         "ENDPOINT": endpoint,
         "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
         "HF_HUB_CACHE": str(hf_home / "hub"),
         "HF_HUB_OFFLINE": offline,
     }
-    for name, value in values.items():
-        monkeypatch.setattr(constants, name, value)  # type: ignore[attr-defined]
+    for name, setting in values.items():
+        monkeypatch.setattr(constants, name, setting)

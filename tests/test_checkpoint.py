@@ -245,3 +245,25 @@ def test_directory_that_is_not_a_checkpoint(tmp_path: Path) -> None:
         trp_zoo.load(tmp_path)
     with pytest.raises(trp_zoo.UnknownModelError, match="no such checkpoint directory"):
         trp_zoo.load(tmp_path / "missing")
+
+
+def test_speedups_measured_later_are_recorded_in_results_and_card(
+    saved: tuple[torch.nn.Module, Path],
+) -> None:
+    model, path = saved
+    weights = (path / WEIGHTS_NAME).read_bytes()
+    ort = {"value": 1.4, "backend": "onnxruntime", "device": "2 CPU cores", "batch_size": 1}
+    trt = {"value": 2.1, "backend": "tensorrt", "device": "H100", "precision": "fp16"}
+    trp_zoo.record_speedups(path, [ort])
+    trp_zoo.record_speedups(path, [{**ort, "value": 1.5}, trt])  # remeasured + a new one
+    results = json.loads((path / "results.json").read_text())
+    assert results["speedups"] == [{**ort, "value": 1.5}, trt]
+    assert results["metrics"]["top1"] == METRICS["top1"]
+    card = ModelCard.load(path / "README.md")
+    speed = sorted(r.metric_value for r in card.data.eval_results if r.metric_type == "speedup")
+    assert speed == [1.5, 2.1]
+    assert "tensorrt, H100, fp16" in card.text
+    assert (path / WEIGHTS_NAME).read_bytes() == weights
+    assert torch.equal(outputs(trp_zoo.load(path)), outputs(model))
+    with pytest.raises(ValueError, match="lacks backend"):
+        trp_zoo.record_speedups(path, [{"value": 2.0, "device": "cpu"}])

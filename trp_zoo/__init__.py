@@ -1,7 +1,7 @@
 """trp-zoo: Trained Rank Pruning for timm CNNs, a low-rank model zoo, and fast engines."""
 
 from . import timm_integration  # registers the trp_factorized timm entrypoint
-from .checkpoint import save_pretrained
+from .checkpoint import record_speedups, save_pretrained
 from .criteria import (
     EnergyThreshold,
     FixedRank,
@@ -69,6 +69,7 @@ __all__ = [
     "publish",
     "push_to_hub",
     "rank_plan",
+    "record_speedups",
     "register_local",
     "save_pretrained",
     "timm_integration",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -32,7 +33,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 RESULTS_NAME = "results.json"
 CARD_NAME = "README.md"
-CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, RESULTS_NAME, CARD_NAME)
 DIGEST_KEY = "trp_zoo.sha256"
 
 # pretrained_cfg keys that describe input preprocessing (timm's data_config)
@@ -399,6 +399,7 @@ def save_pretrained(
         check_ratio(checked_metrics, "params_reduction", "dense_params", "params")
         results = build_results(
             name=name,
+            repo_id=repo_id,
             architecture={
                 "base_architecture": base,
                 "scheme": scheme,
@@ -415,6 +416,50 @@ def save_pretrained(
         card.save(tmp / CARD_NAME)
     if register_as is not None:
         register_local(path, register_as)
+    return path
+
+
+def record_speedups(
+    checkpoint_dir: str | os.PathLike[str], speedups: Sequence[Mapping[str, Any]]
+) -> Path:
+    """Add measured speed-ups to a saved checkpoint's ``results.json`` and model card.
+
+    Each entry is ``{"value": dense_time / factorized_time, "backend": ..., "device": ...}``
+    plus optional ``batch_size``, ``precision``, ``latency_ms``, ``command``, ``date``; an
+    entry replaces an earlier one with the same backend, device, batch size and precision.
+    The weights are untouched; the directory is updated atomically.
+    """
+    from huggingface_hub import ModelCard
+
+    from .card import build_card
+    from .results import merge_speedups, validate_speedups
+
+    path = Path(checkpoint_dir)
+    config = read_config(path)
+    results = read_results(path)
+    if results is None:
+        raise CheckpointError(
+            f"{path} has no {RESULTS_NAME}; save the checkpoint with trp_zoo.save_pretrained"
+        )
+    results["speedups"] = merge_speedups(results.get("speedups", []), validate_speedups(speedups))
+    old = ModelCard.load(path / CARD_NAME).data if (path / CARD_NAME).is_file() else None
+    card = build_card(
+        results,
+        config,
+        repo_id=results.get("repo_id"),
+        license=(old.license if old is not None else None) or "apache-2.0",
+        tags=(old.tags if old is not None else None) or (),
+    )
+    with atomic_directory(path) as tmp:
+        for item in path.iterdir():
+            if item.name in (RESULTS_NAME, CARD_NAME) or not item.is_file():
+                continue
+            try:
+                os.link(item, tmp / item.name)  # unchanged files: no copy of the weights
+            except OSError:
+                shutil.copy2(item, tmp / item.name)
+        write_json(tmp / RESULTS_NAME, results)
+        card.save(tmp / CARD_NAME)
     return path
 
 

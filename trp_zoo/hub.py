@@ -62,11 +62,6 @@ class Resolved:
     revision: str | None = None
     entry: ZooEntry | None = None
 
-    def describe(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        return f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
-
 
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
@@ -123,7 +118,11 @@ def _not_published(entry: ZooEntry, why: str) -> WeightsNotPublishedError:
 
 
 def _hub_error(
-    err: Exception, repo_id: str, revision: str | None, entry: ZooEntry | None
+    err: Exception,
+    repo_id: str,
+    revision: str | None,
+    entry: ZooEntry | None,
+    cache_dir: str | Path | None,
 ) -> ZooError:
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
     if isinstance(err, LocalEntryNotFoundError):
@@ -135,7 +134,8 @@ def _hub_error(
         if entry is not None and not entry.published:
             return _not_published(entry, f"{where} is not in the Hugging Face cache and {reason}")
         return NotCachedError(
-            f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}. "
+            f"{where} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) "
+            f"and {reason}. "
             "Download it once with the hub reachable (unset HF_HUB_OFFLINE, check HF_ENDPOINT); "
             "it then loads offline from the cache."
         )
@@ -177,7 +177,7 @@ def download_file(
             )
         )
     except _HUB_ERRORS as err:
-        raise _hub_error(err, repo_id, revision, None) from None
+        raise _hub_error(err, repo_id, revision, None, cache_dir) from None
 
 
 def download(
@@ -204,7 +204,9 @@ def download(
             )
         )
     except _HUB_ERRORS as err:
-        raise _hub_error(err, resolved.repo_id, resolved.revision, resolved.entry) from None
+        raise _hub_error(
+            err, resolved.repo_id, resolved.revision, resolved.entry, cache_dir
+        ) from None
     read_config(snapshot)
     return snapshot
 

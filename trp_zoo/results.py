@@ -129,6 +129,18 @@ def validate_speedups(speedups: Sequence[Mapping[str, Any]] | None) -> list[dict
     return out
 
 
+def merge_speedups(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``old`` plus ``new``; a new entry replaces an old one measured the same way."""
+
+    def key(s: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (s["backend"], s["device"], s.get("batch_size"), s.get("precision"))
+
+    replaced = {key(s) for s in new}
+    return [dict(s) for s in old if key(s) not in replaced] + [dict(s) for s in new]
+
+
 def speedup_label(entry: Mapping[str, Any]) -> str:
     """``onnxruntime, 2 CPU cores, batch 1, fp32``: where and how a speed-up was measured."""
     parts = [str(entry["backend"]), str(entry["device"])]
@@ -183,6 +195,7 @@ def software_versions() -> dict[str, str]:
 def build_results(
     *,
     name: str,
+    repo_id: str | None,
     architecture: Mapping[str, Any],
     metrics: Mapping[str, Any],
     speedups: Sequence[Mapping[str, Any]],
@@ -194,6 +207,7 @@ def build_results(
     return {
         "format": RESULTS_FORMAT,
         "name": name,
+        "repo_id": repo_id,
         "architecture": dict(architecture),
         "metrics": dict(metrics),
         "how_measured": how_measured(metrics, provenance, input_size),
