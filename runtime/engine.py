@@ -36,7 +36,8 @@ class Engine:
     def load(
         cls, path: str | os.PathLike[str], *, threads: int | None = None, spinning: bool = True
     ) -> Engine:
-        """Load ``path``; ``threads`` sets ONNX Runtime's intra-op threads (default: all CPUs)."""
+        """Load ``path``. ONNX Runtime only: ``threads`` intra-op threads (default: all CPUs),
+        ``spinning`` whether idle threads spin (lowest latency on a dedicated machine)."""
         path = Path(path)
         if not path.is_file():
             raise EngineError(

@@ -83,7 +83,7 @@ class OrtSession:
         return time.perf_counter() - start
 
     def close(self) -> None:
-        del self.session
+        self.__dict__.pop("session", None)  # releases the session; closing twice is harmless
 
 
 class OnnxRuntimeBackend:
