@@ -6,6 +6,7 @@ import torch
 
 import trp_zoo
 from runtime.rank_plans import aligned_rank_plan, pad_ranks
+from trp_zoo.targets import select_targets
 
 SIZE = (3, 32, 32)
 
@@ -32,10 +33,15 @@ def test_unreachable_target_says_how_far_it_can_go(resnet18):
         aligned_rank_plan(resnet18, "channel", 50.0, SIZE)
 
 
+def _factorized_resnet18(rank):
+    """resnet18 with every target conv factorized at ``rank`` (random factors, no SVD)."""
+    model = timm.create_model("resnet18", num_classes=10)
+    plan = {name: rank for name in select_targets(model)}
+    return trp_zoo.factorize_architecture(model, "channel", plan).eval()
+
+
 def test_pad_ranks_keeps_the_function_and_rounds_up():
-    model = trp_zoo.decompose(
-        timm.create_model("resnet18", num_classes=10).eval(), "channel", rank=23
-    )
+    model = _factorized_resnet18(23)
     padded = pad_ranks(model, 16)
     before, after = trp_zoo.rank_plan(model), trp_zoo.rank_plan(padded)
     assert before.keys() == after.keys() and set(before.values()) == {23}
@@ -47,10 +53,7 @@ def test_pad_ranks_keeps_the_function_and_rounds_up():
 
 
 def test_pad_ranks_leaves_layers_where_padding_would_not_pay():
-    model = trp_zoo.decompose(
-        timm.create_model("resnet18", num_classes=10).eval(), "channel", rank=50
-    )
-    padded = pad_ranks(model, 16)
+    padded = pad_ranks(_factorized_resnet18(50), 16)
     # layer1 convs (64 -> 64, 3x3): rank 64 would cost more than the dense conv
     assert trp_zoo.rank_plan(padded)["layer1.0.conv1"] == 50
     assert trp_zoo.rank_plan(padded)["layer4.0.conv1"] == 64
