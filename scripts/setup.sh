@@ -21,6 +21,15 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[onnx,dev]"
-# TensorRT's type stubs, for mypy over the TensorRT backend; --no-deps because their
-# declared dependency (tensorrt itself) only installs from NVIDIA's own index.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "tensorrt-stubs==10.13.0.35.1"
+# TensorRT's type stubs, for mypy over the TensorRT backend (pyproject's mypy_path); --no-deps
+# because their declared dependency (tensorrt itself) only installs from NVIDIA's own index.
+# They go to typings/, not the venv: they ship no py.typed, so mypy reads them only through
+# mypy_path, and outside the venv they cannot pass for an installed tensorrt.
+TRT_STUBS="tensorrt-stubs==10.13.0.35.1"
+if [ ! -f typings/tensorrt/__init__.pyi ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target typings "$TRT_STUBS"
+  # two generator slips in those stubs are Python syntax errors (plugin methods with a
+  # parameter named `in`, and a required parameter after defaults in add_scale_nd)
+  sed -i -E 's/([(,] *)in: list/\1in_: list/; s/power: Weights = None, channel_axis: int\)/power: Weights = None, channel_axis: int = ...)/' \
+    typings/tensorrt_bindings/tensorrt.pyi
+fi

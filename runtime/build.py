@@ -1,0 +1,141 @@
+"""Build one engine from a PyTorch model or an ONNX file, reusing a saved engine when
+nothing it depends on changed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .backends import get_backend
+from .backends.base import Backend
+from .engine import Engine
+from .export import DEFAULT_OPSET, export_onnx, onnx_io
+from .io import sha256_file
+from .spec import BuildOptions, EngineMetadata, check_input_size, save_metadata, stale_reason
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    """An engine file with its metadata, and whether this call (re)built it."""
+
+    path: Path
+    metadata: EngineMetadata
+    rebuilt: bool
+    reason: str  # why it was built, or why the saved one was reused
+
+
+def default_timing_cache(backend_version: str, device: str) -> Path:
+    """Per TensorRT version and GPU: ``$XDG_CACHE_HOME/trp_zoo/tensorrt/<version>-<gpu>.cache``."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{backend_version}-{device}").strip("-")
+    return root / "trp_zoo" / "tensorrt" / f"timing-{slug}.cache"
+
+
+def build_engine_file(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    options: BuildOptions,
+    *,
+    force: bool = False,
+    backend: Backend | None = None,
+) -> BuiltEngine:
+    """Build ``engine_path`` from ``onnx_path`` unless a saved engine already matches.
+
+    A saved engine is reused when its metadata sidecar records the same backend version,
+    device, precision, ONNX SHA-256, input size and batch profile, and its bytes still
+    match their recorded checksum; otherwise (or with ``force``) it is rebuilt.
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    backend = backend or get_backend(options.backend)
+    input_name, output_name, size = onnx_io(onnx_path)
+    wanted = EngineMetadata(
+        backend=backend.name,
+        backend_version=backend.version(),
+        device=backend.device(),
+        precision=options.precision,
+        onnx_sha256=sha256_file(onnx_path),
+        input_name=input_name,
+        output_name=output_name,
+        input_size=size,
+        batch=options.profile,
+    )
+    reason = "forced rebuild" if force else stale_reason(engine_path, wanted)
+    if reason is None:
+        logger.info(
+            "reusing %s: built for the same ONNX, backend, device and settings", engine_path
+        )
+        return BuiltEngine(engine_path, wanted, False, "up to date")
+    if backend.name == "tensorrt" and options.timing_cache is None:
+        options = BuildOptions(
+            **{
+                **options.__dict__,
+                "timing_cache": default_timing_cache(wanted.backend_version, wanted.device),
+            }
+        )
+    logger.info("building %s (%s)", engine_path, reason)
+    extra = backend.build(onnx_path, engine_path, options)
+    meta = EngineMetadata(
+        **{**wanted.__dict__, "engine_sha256": sha256_file(engine_path), "extra": extra}
+    )
+    save_metadata(engine_path, meta)
+    return BuiltEngine(engine_path, meta, True, reason)
+
+
+def build(
+    source: nn.Module | str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    input_size: Sequence[int] | None = None,
+    workspace_bytes: int = 4 << 30,
+    timing_cache: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+) -> Engine:
+    """Build (or reuse) an engine for a PyTorch model or an ONNX file and load it.
+
+    A model is first exported to ``<engine name>.onnx`` next to the engine (input size from
+    ``input_size`` or the model's ``pretrained_cfg``). ``backend`` is ``auto``, ``tensorrt``
+    or ``onnxruntime``.
+    """
+    engine_path = Path(engine_path)
+    be = get_backend(backend)
+    if isinstance(source, nn.Module):
+        size = check_input_size(input_size or model_input_size(source))
+        onnx_path = engine_path.parent / (engine_path.name.split(".")[0] + ".onnx")
+        if onnx_path == engine_path:
+            raise ValueError(f"engine path {engine_path} would overwrite the exported ONNX file")
+        export_onnx(source, onnx_path, size, opset=opset)
+    else:
+        onnx_path = Path(source)
+    options = BuildOptions(
+        backend=be.name,
+        precision=precision,
+        batch_sizes=tuple(batch_sizes),
+        workspace_bytes=workspace_bytes,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+    )
+    built = build_engine_file(onnx_path, engine_path, options, force=force, backend=be)
+    return Engine.load(built.path, threads=threads)
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` from the model's timm ``pretrained_cfg``; a clear error when absent."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if not size:
+        raise ValueError(
+            f"{type(model).__name__} has no pretrained_cfg['input_size']; pass input_size=(C, H, W)"
+        )
+    return check_input_size(tuple(int(v) for v in size))

@@ -1,0 +1,182 @@
+"""``python -m runtime.build_engine``: build dense and factorized engines for a zoo model,
+check their accuracy and speed, and write ``report.json`` / ``report.md``.
+
+    python -m runtime.build_engine fmnist_resnet18_trp_ch --output engines/fmnist
+    python -m runtime.build_engine ./checkpoints/my_model --backend onnxruntime \\
+        --batch-sizes 1,8,32 --min-top1-agreement 0.99 --min-speedup 1.3
+
+Exit status: 0 when every gate passes, 1 when a gate fails (with a one-line reason on
+stderr), 2 on bad input (a one-line error naming the problem and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .backends import BACKENDS
+from .checks import Gates
+from .export import DEFAULT_OPSET, MIN_OPSET
+from .pipeline import RunConfig, build_and_check
+from .report import to_markdown
+from .spec import PRECISIONS, check_input_size, parse_batch_sizes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.build_engine",
+        description="Build dense and factorized engines for a zoo model, check their accuracy "
+        "and speed, and write report.json and report.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", help="zoo model name, Hugging Face repo id, or checkpoint directory")
+    p.add_argument(
+        "--output", "-o", type=Path, required=True, help="directory for engines and reports"
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: TensorRT where a CUDA GPU and tensorrt are present, else ONNX Runtime",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="engine precision (fp16/bf16: TensorRT only)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        default="1,8,32",
+        help="comma-separated batch sizes: the engine's profile and the latency runs",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help="input size (default: the model's pretrained_cfg)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="evaluation data: 'fashion-mnist', an ImageFolder directory, or 'random' "
+        "(default: Fashion-MNIST for Fashion-MNIST models, else random inputs)",
+    )
+    p.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per engine and batch size")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per engine and batch size")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: all CPUs)",
+    )
+    p.add_argument(
+        "--spinning",
+        action="store_true",
+        help="ONNX Runtime: idle threads spin (lowest latency on a dedicated machine; off by "
+        "default because spinning threads make timings erratic on shared machines)",
+    )
+    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB")
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="TensorRT timing cache file (default: per TensorRT version and GPU "
+        "under ~/.cache/trp_zoo/tensorrt)",
+    )
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument(
+        "--pad-ranks",
+        type=int,
+        default=16,
+        metavar="M",
+        help="round every rank up to a multiple of M with zero components before export: the "
+        "same function with hardware-friendly channel counts, usually faster despite the "
+        "extra MACs (1 keeps the model's ranks)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild engines even when up to date")
+    gates = p.add_argument_group("gates (exit status 1 when one fails)")
+    gates.add_argument(
+        "--max-abs-diff",
+        type=float,
+        default=None,
+        help="max abs difference of engine vs PyTorch outputs",
+    )
+    gates.add_argument(
+        "--min-top1-agreement",
+        type=float,
+        default=None,
+        help="min fraction of images where engine and PyTorch agree on top-1",
+    )
+    gates.add_argument(
+        "--max-top1-drop",
+        type=float,
+        default=None,
+        help="max percentage points of engine top-1 below the model card's",
+    )
+    gates.add_argument(
+        "--min-speedup",
+        type=float,
+        default=None,
+        help="min factorized vs dense p50 speed-up, at every batch size",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print the report")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        backend=args.backend,
+        precision=args.precision,
+        batch_sizes=tuple(parse_batch_sizes(args.batch_sizes)),
+        input_size=check_input_size(args.input_size) if args.input_size else None,
+        data=args.data,
+        max_images=args.max_images,
+        warmup=args.warmup,
+        runs=args.runs,
+        threads=args.threads,
+        spinning=args.spinning,
+        workspace_bytes=int(args.workspace * (1 << 30)),
+        timing_cache=args.timing_cache,
+        opset=args.opset,
+        pad_ranks=args.pad_ranks,
+        force=args.force,
+        gates=Gates(
+            max_abs_diff=args.max_abs_diff,
+            min_top1_agreement=args.min_top1_agreement,
+            max_top1_drop=args.max_top1_drop,
+            min_speedup=args.min_speedup,
+        ),
+        progress=sys.stderr.isatty(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        config = config_from_args(args)
+        report = build_and_check(args.source, args.output, config)
+    except (ValueError, LookupError, OSError, RuntimeError) as err:
+        # the zoo's and the runtime's errors subclass these; their messages name the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(to_markdown(report))
+    failed = [g for g in report["gates"] if not g["passed"]]
+    if failed:
+        reasons = "; ".join(f"--{g['gate']}: {g['message']}" for g in failed)
+        print(f"gate failed: {reasons}", file=sys.stderr)
+        return 1
+    print(f"report: {args.output / 'report.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

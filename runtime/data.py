@@ -1,0 +1,160 @@
+"""Evaluation images for the accuracy checks: Fashion-MNIST, an ImageFolder, or random.
+
+Images come out as float32 ``(N, C, H, W)`` batches, preprocessed as the model expects
+(timm's eval transforms from the model's data config; Fashion-MNIST scaled to [0, 1],
+normalized with the model's mean/std and resized to its input size).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError
+
+FASHION_MNIST = "fashion-mnist"
+RANDOM = "random"
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class EvalData:
+    """A finite, re-iterable evaluation set."""
+
+    description: str
+    labelled: bool
+    size: int
+    _batches: Any = field(repr=False)  # callable: batch size -> iterator of batches
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Iterate ``(images, labels or None)`` in batches of at most ``batch_size``."""
+        return self._batches(batch_size)  # type: ignore[no-any-return]
+
+
+def _tensor_batches(images: torch.Tensor, labels: torch.Tensor | None, prep: Any) -> Any:
+    def gen(batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(images), batch_size):
+            stop = start + batch_size
+            yield prep(images[start:stop]), None if labels is None else labels[start:stop]
+
+    return gen
+
+
+def fashion_mnist(
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    max_images: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> EvalData:
+    """The Fashion-MNIST test split (10,000 labelled images)."""
+    from trp_zoo.data import load_fashion_mnist
+
+    try:
+        images, labels = load_fashion_mnist("test", root)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(str(err)) from None
+    if max_images:
+        images, labels = images[:max_images], labels[:max_images]
+    c, h, w = input_size
+    mean_t = torch.tensor(list(mean), dtype=torch.float32).reshape(1, -1, 1, 1)
+    std_t = torch.tensor(list(std), dtype=torch.float32).reshape(1, -1, 1, 1)
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        if c != 1:
+            x = x.expand(-1, c, -1, -1)
+        return ((x - mean_t) / std_t).contiguous()
+
+    return EvalData(
+        f"Fashion-MNIST test split ({len(labels)} images)",
+        True,
+        len(labels),
+        _tensor_batches(images, labels, prep),
+    )
+
+
+def image_folder(
+    root: str | os.PathLike[str], data_config: Mapping[str, Any], *, max_images: int | None = None
+) -> EvalData:
+    """An ImageFolder tree (``root/<class>/<image>``) read with timm's eval transforms."""
+    import timm.data
+    from torch.utils.data import DataLoader, Subset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"--data {root}: no such directory; pass an ImageFolder directory "
+            "(one sub-directory of images per class), 'fashion-mnist', or 'random'"
+        )
+    transform = timm.data.create_transform(**data_config, is_training=False)
+    try:
+        dataset: Any = timm.data.ImageDataset(str(root), transform=transform)
+    except Exception as err:  # timm raises RuntimeError/FileNotFoundError for empty trees
+        raise DataError(
+            f"--data {root} is not an ImageFolder tree ({err}); expected root/<class>/<image>"
+        ) from None
+    if len(dataset) == 0:
+        raise DataError(f"--data {root} holds no images; expected root/<class>/<image>")
+    if max_images:
+        dataset = Subset(dataset, range(min(max_images, len(dataset))))
+
+    def gen(batch_size: int) -> Iterator[Batch]:
+        for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+            yield images.float().contiguous(), labels
+
+    return EvalData(f"ImageFolder {root} ({len(dataset)} images)", True, len(dataset), gen)
+
+
+def random_images(input_size: Sequence[int], count: int = 64, *, seed: int = 0) -> EvalData:
+    """Standard-normal images (the model's normalized input scale), no labels."""
+    images = torch.randn(count, *input_size, generator=torch.Generator().manual_seed(seed))
+    return EvalData(
+        f"random N(0, 1) inputs ({count} images, no labels)",
+        False,
+        count,
+        _tensor_batches(images, None, lambda x: x),
+    )
+
+
+def resolve_eval_data(
+    data: str | None,
+    *,
+    input_size: Sequence[int],
+    data_config: Mapping[str, Any],
+    dataset_hint: str | None = None,
+    max_images: int | None = None,
+    random_count: int = 64,
+) -> EvalData:
+    """Pick the evaluation set for ``--data``.
+
+    ``None``: Fashion-MNIST when the model was trained on it (``dataset_hint``), else random
+    inputs. ``fashion-mnist``, ``random``, a directory holding Fashion-MNIST's IDX files, or
+    an ImageFolder directory select explicitly.
+    """
+    mean = data_config.get("mean", (0.0,))
+    std = data_config.get("std", (1.0,))
+    if data is None:
+        data = FASHION_MNIST if (dataset_hint or "").lower() == FASHION_MNIST else RANDOM
+    if data == RANDOM:
+        count = min(random_count, max_images) if max_images else random_count
+        return random_images(input_size, count)
+    if data == FASHION_MNIST:
+        return fashion_mnist(input_size, mean, std, max_images=max_images)
+    from trp_zoo.data import find_fashion_mnist
+
+    try:
+        folder = find_fashion_mnist(data)
+    except FileNotFoundError:
+        return image_folder(data, data_config, max_images=max_images)
+    return fashion_mnist(input_size, mean, std, max_images=max_images, root=folder)

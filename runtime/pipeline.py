@@ -1,0 +1,282 @@
+"""Export a factorized model and its dense counterpart, build an engine for each, check
+accuracy and interleaved latency, and write the report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import trp_zoo
+
+from .backends import check_precision, get_backend
+from .build import build_engine_file, model_input_size
+from .checks import Gates, check_agreement, evaluate_gates
+from .data import EvalData, resolve_eval_data
+from .engine import Engine
+from .errors import ExportError
+from .export import DEFAULT_OPSET, ExportedModel, export_onnx
+from .latency import measure_interleaved
+from .rank_plans import pad_ranks
+from .report import environment, write_report
+from .sources import load_source
+from .spec import BuildOptions, check_input_size
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("dense", "factorized")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one ``build_and_check`` run (the CLI's flags)."""
+
+    backend: str = "auto"
+    precision: str = "fp32"
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    input_size: tuple[int, int, int] | None = None
+    data: str | None = None  # see runtime.data.resolve_eval_data
+    max_images: int | None = None
+    warmup: int = 10
+    runs: int = 50
+    threads: int | None = None  # ONNX Runtime intra-op threads (default: all CPUs)
+    spinning: bool = False  # ONNX Runtime thread spinning (erratic timings on shared CPUs)
+    workspace_bytes: int = 4 << 30
+    timing_cache: Path | None = None
+    opset: int = DEFAULT_OPSET
+    pad_ranks: int = 16  # round ranks up to this multiple with zero components (same function)
+    force: bool = False
+    gates: Gates = field(default_factory=Gates)
+    progress: bool = False
+
+
+def _model_summary(
+    model: nn.Module, info: Mapping[str, Any], source: str, size: Sequence[int]
+) -> dict[str, Any]:
+    plan = trp_zoo.rank_plan(model)
+    metrics = info.get("metrics") or {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {
+        "source": source,
+        "architecture": info.get("base_architecture")
+        or info.get("architecture")
+        or cfg.get("architecture")
+        or type(model).__name__,
+        "scheme": trp_zoo.factorized_scheme(model),
+        "factorized_layers": len(plan),
+        "rank_plan": plan,
+        "num_classes": info.get("num_classes") or getattr(model, "num_classes", None),
+        "input_size": list(size),
+        "card": {k: metrics[k] for k in ("top1", "dataset", "split") if k in metrics},
+    }
+
+
+def _check_conv_nodes(exports: Mapping[str, ExportedModel], factorized_layers: int) -> None:
+    """Each FactorizedConv2d must export as exactly two plain Conv nodes."""
+    dense = exports["dense"].op_counts.get("Conv", 0)
+    fact = exports["factorized"].op_counts.get("Conv", 0)
+    if fact - dense != factorized_layers:
+        raise ExportError(
+            f"the factorized graph has {fact} Conv nodes and the dense one {dense}; expected "
+            f"{factorized_layers} more (two plain Convs per factorized layer)"
+        )
+
+
+def build_and_check(
+    model: nn.Module | str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    config: RunConfig = RunConfig(),
+    *,
+    info: Mapping[str, Any] | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Run the whole check for a factorized model; returns the report (also written).
+
+    ``model`` is a model in memory, or a zoo name, hub repo id or checkpoint directory
+    (loaded with ``trp_zoo.load`` and described by ``trp_zoo.model_info``). The dense
+    counterpart is ``trp_zoo.densify(model)``: the same function with each factorized pair
+    merged into one conv, so accuracy checks apply to both engines and the latency
+    comparison is like for like. ``info`` is ``trp_zoo.model_info(source)`` for a model in
+    memory that came from the zoo (input size, mean/std, the card's top-1 and data set).
+    """
+    if not isinstance(model, nn.Module):
+        source = source or str(model)
+        model, info = load_source(str(model))
+    info = dict(info or {})
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    factorized = model.eval()
+    if config.pad_ranks > 1:
+        factorized = pad_ranks(factorized, config.pad_ranks).eval()
+    plan = trp_zoo.rank_plan(factorized)
+    if not plan:
+        raise ValueError(
+            "the model has no factorized layers, so there is nothing to compare against its "
+            "dense form; pass a trp-zoo checkpoint or a trp_zoo.decompose(...) result"
+        )
+    models = {"dense": trp_zoo.densify(factorized).eval(), "factorized": factorized}
+    pretrained_cfg = dict(info.get("pretrained_cfg") or getattr(model, "pretrained_cfg", {}) or {})
+    size = check_input_size(
+        config.input_size or tuple(pretrained_cfg.get("input_size") or model_input_size(model))
+    )
+    summary = _model_summary(factorized, info, source or type(model).__name__, size)
+    summary["ranks_padded_to_multiple_of"] = config.pad_ranks
+    cost = trp_zoo.compare_cost(models["dense"], factorized, size)
+
+    backend = get_backend(config.backend, spinning=config.spinning)
+    check_precision(backend.name, config.precision)
+    options = BuildOptions(
+        backend=backend.name,
+        precision=config.precision,
+        batch_sizes=config.batch_sizes,
+        workspace_bytes=config.workspace_bytes,
+        timing_cache=config.timing_cache,
+    )
+    data = resolve_eval_data(
+        config.data,
+        input_size=size,
+        data_config={**pretrained_cfg, "input_size": size},
+        dataset_hint=summary["card"].get("dataset"),
+        max_images=config.max_images,
+    )
+    exports = {
+        name: export_onnx(m, out / f"{name}.onnx", size, opset=config.opset)
+        for name, m in models.items()
+    }
+    _check_conv_nodes(exports, len(plan))
+
+    built = {
+        name: build_engine_file(
+            exports[name].path,
+            out / f"{name}{backend.engine_suffix}",
+            options,
+            force=config.force,
+            backend=backend,
+        )
+        for name in VARIANTS
+    }
+    engines = {
+        name: Engine.load(b.path, threads=config.threads, spinning=config.spinning)
+        for name, b in built.items()
+    }
+    try:
+        hi = engines["factorized"].batch_range[1]  # TensorRT: the profile's largest batch
+        eval_batch = hi if hi is not None else max(64, *config.batch_sizes)
+        accuracy = _accuracy(engines, models, data, eval_batch, summary)
+        timings = measure_interleaved(
+            engines,
+            config.batch_sizes,
+            warmup=config.warmup,
+            runs=config.runs,
+            progress=config.progress,
+        )
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+    meta = built["factorized"].metadata
+    report: dict[str, Any] = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": summary,
+        "cost": {
+            **asdict(cost),
+            "macs_reduction": cost.macs_reduction,
+            "params_reduction": cost.params_reduction,
+        },
+        "export": {
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": config.opset,
+            **{
+                name: {
+                    "path": str(e.path),
+                    "sha256": e.sha256,
+                    "conv_nodes": e.op_counts.get("Conv", 0),
+                    "max_abs_diff_vs_torch": e.max_abs_diff,
+                }
+                for name, e in exports.items()
+            },
+        },
+        "backend": {
+            "name": meta.backend,
+            "version": meta.backend_version,
+            "device": meta.device,
+            "precision": meta.precision,
+            "batch_profile": asdict(meta.batch),
+            "threads": (config.threads or os.cpu_count())
+            if meta.backend == "onnxruntime"
+            else None,
+        },
+        "engines": {
+            name: {
+                "path": str(b.path),
+                "onnx": str(exports[name].path),
+                "rebuilt": b.rebuilt,
+                "reason": b.reason,
+            }
+            for name, b in built.items()
+        },
+        "accuracy": accuracy,
+        "latency": {
+            "warmup": config.warmup,
+            "runs": config.runs,
+            "interleaved": True,
+            "timer": "CUDA events around copy-in, execution and copy-out"
+            if meta.backend == "tensorrt"
+            else "wall clock around InferenceSession.run",
+            "batches": [
+                {
+                    "batch": batch,
+                    "dense": stats["dense"].to_dict(),
+                    "factorized": stats["factorized"].to_dict(),
+                    "speedup": stats["dense"].p50_ms / stats["factorized"].p50_ms,
+                    "macs_reduction": cost.macs_reduction,
+                    "realized_fraction": stats["dense"].p50_ms
+                    / stats["factorized"].p50_ms
+                    / cost.macs_reduction,
+                }
+                for batch, stats in timings.items()
+            ],
+        },
+        "environment": environment(),
+    }
+    gates = evaluate_gates(report, config.gates)
+    report["gates"] = [asdict(g) for g in gates]
+    report["passed"] = all(g.passed for g in gates)
+    write_report(out, report)
+    return report
+
+
+def _accuracy(
+    engines: Mapping[str, Engine],
+    models: Mapping[str, nn.Module],
+    data: EvalData,
+    batch_size: int,
+    summary: Mapping[str, Any],
+) -> dict[str, Any]:
+    notes = []
+    if not data.labelled:
+        notes.append(
+            "no labelled evaluation data: agreement with PyTorch was checked on random inputs "
+            "and the labelled top-1 check was skipped (pass --data for it)"
+        )
+    card_top1 = summary["card"].get("top1")
+    if data.labelled and card_top1 is None:
+        notes.append("the model card records no top-1, so engine top-1 is not compared to it")
+    return {
+        "data": data.description,
+        "labelled": data.labelled,
+        "card_top1": card_top1,
+        "engines": {
+            name: check_agreement(
+                engines[name], models[name], data, batch_size=batch_size
+            ).to_dict()
+            for name in VARIANTS
+        },
+        "notes": notes,
+    }

@@ -1,0 +1,158 @@
+"""Rank plans that turn saved MACs into real speed: ranks on hardware-friendly multiples.
+
+Low-rank layers lose their MACs savings in practice when ranks are odd sizes (vector
+units and blocked memory layouts such as ONNX Runtime's NCHWc or TensorRT's tensor-core
+tiles work in channel groups of 8 or 16) or when a layer barely gets cheaper but pays for
+an extra kernel launch and an extra activation round trip. ``aligned_rank_plan`` picks,
+for a target MACs reduction, ranks that are multiples of ``multiple`` and keeps layers
+dense whose own reduction would be small; ``pad_ranks`` rounds the ranks of an already
+factorized model (e.g. TRP-trained) up to such multiples without changing its function.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import trp_zoo
+from trp_zoo.convs import ConvGeometry
+from trp_zoo.modules import set_submodule
+from trp_zoo.targets import Patterns, select_targets
+
+
+def _output_pixels(
+    model: nn.Module, convs: dict[str, nn.Conv2d], input_size: Sequence[int]
+) -> dict[str, int]:
+    pixels: dict[str, int] = {}
+    hooks = [
+        conv.register_forward_hook(
+            lambda _m, _i, out, name=name: pixels.__setitem__(name, out.shape[-1] * out.shape[-2])
+        )
+        for name, conv in convs.items()
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return pixels
+
+
+def aligned_rank_plan(
+    model: nn.Module,
+    scheme: str,
+    macs_reduction: float,
+    input_size: Sequence[int],
+    *,
+    multiple: int = 16,
+    min_layer_reduction: float = 1.25,
+    include: Patterns = None,
+    exclude: Patterns = None,
+) -> dict[str, int]:
+    """A ``{layer: rank}`` plan cutting the model's MACs by at least ``macs_reduction``.
+
+    Every layer gets ``alpha * full_rank`` rounded to a multiple of ``multiple`` (at least
+    ``multiple``), with the largest ``alpha`` that still reaches the target; layers whose
+    own MACs would drop less than ``min_layer_reduction`` times stay dense (as do 1-wide
+    kernels under the spatial scheme). Then ranks are raised one step at a time, cheapest
+    step first, while the target still holds, to land as close to it as the steps allow.
+    The plan is structural (no singular values): for deployment and speed measurements.
+    """
+    sch = trp_zoo.get_scheme(scheme)
+    convs = select_targets(model, include, exclude)
+    if sch.name == "spatial":
+        convs = {n: c for n, c in convs.items() if min(ConvGeometry.of(c).kernel_size) > 1}
+    geoms = {n: ConvGeometry.of(c) for n, c in convs.items()}
+    pixels = _output_pixels(model, convs, input_size)
+    dense_total = trp_zoo.count_flops(model, input_size)
+
+    def saving(name: str, rank: int) -> int:
+        g = geoms[name]
+        return (sch.dense_macs_per_pixel(g) - sch.factorized_macs_per_pixel(g, rank)) * pixels[name]
+
+    def worth_it(name: str, rank: int) -> bool:
+        g = geoms[name]
+        dense = sch.dense_macs_per_pixel(g)
+        return rank <= sch.full_rank(
+            g
+        ) and dense >= min_layer_reduction * sch.factorized_macs_per_pixel(g, rank)
+
+    def plan_for(alpha: float) -> dict[str, int]:
+        plan = {}
+        for name, g in geoms.items():
+            rank = max(multiple, round(alpha * sch.full_rank(g) / multiple) * multiple)
+            if worth_it(name, rank):
+                plan[name] = rank
+        return plan
+
+    def reduction(plan: dict[str, int]) -> float:
+        return dense_total / (dense_total - sum(saving(n, r) for n, r in plan.items()))
+
+    best = plan_for(0.0)
+    if reduction(best) < macs_reduction:
+        raise ValueError(
+            f"the {sch.name} scheme cannot cut this model's MACs {macs_reduction}x with ranks "
+            f"that are multiples of {multiple}: at most {reduction(best):.2f}x"
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if reduction(plan_for(mid)) >= macs_reduction:
+            lo = mid
+        else:
+            hi = mid
+    plan = plan_for(lo)
+    while True:
+        steps = sorted(
+            (saving(n, r) - saving(n, r + multiple), n)
+            for n, r in plan.items()
+            if worth_it(n, r + multiple)
+        )
+        for _, name in steps:
+            trial = {**plan, name: plan[name] + multiple}
+            if reduction(trial) >= macs_reduction:
+                plan = trial
+                break
+        else:
+            return plan
+
+
+@torch.no_grad()
+def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
+    """Copy of a factorized model whose ranks are rounded up to multiples of ``multiple``.
+
+    The added rank components are zero (zero rows in ``first``, zero columns in
+    ``second``), so the model computes exactly the same function; it only gets
+    hardware-friendly channel counts. A layer is left as it is when the padded rank would
+    no longer lower its MACs.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    new = copy.deepcopy(model)
+    for name, layer in list(new.named_modules()):
+        if not isinstance(layer, trp_zoo.FactorizedConv2d):
+            continue
+        rank = -(-layer.rank // multiple) * multiple
+        scheme = trp_zoo.get_scheme(layer.scheme)
+        if rank == layer.rank or not scheme.lowers_cost(layer.geom, rank):
+            continue
+        first, second = layer.first.weight, layer.second.weight
+        pad_first = first.new_zeros((rank - layer.rank, *first.shape[1:]))
+        pad_second = second.new_zeros((second.shape[0], rank - layer.rank, *second.shape[2:]))
+        bias = layer.second.bias.detach() if layer.second.bias is not None else None
+        padded = trp_zoo.FactorizedConv2d.from_factors(
+            layer.geom,
+            scheme,
+            torch.cat([first.detach(), pad_first]),
+            torch.cat([second.detach(), pad_second], dim=1),
+            bias,
+        )
+        padded.train(layer.training)
+        set_submodule(new, name, padded)
+    return new

@@ -1,0 +1,122 @@
+"""``report.json`` and ``report.md``: what was built, how accurate and how fast it is."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trp_zoo.fileio import write_json
+
+from .io import atomic_write_text
+
+
+def environment() -> dict[str, Any]:
+    """Versions of the libraries that produced the numbers, and the machine."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from .backends.onnxruntime import cpu_name
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    if hasattr(os, "getloadavg"):
+        env["load_average_1min"] = round(os.getloadavg()[0], 2)
+    trt = sys.modules.get("tensorrt")
+    if trt is not None and hasattr(trt, "__version__"):
+        env["tensorrt"] = trt.__version__
+    return env
+
+
+def write_report(
+    output_dir: str | os.PathLike[str], report: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` atomically; returns both paths."""
+    out = Path(output_dir)
+    json_path = out / "report.json"
+    write_json(json_path, report)
+    md_path = atomic_write_text(out / "report.md", to_markdown(report))
+    return json_path, md_path
+
+
+def _fmt(value: float | None, spec: str = ".4g", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """A human-readable summary of a report."""
+    m, cost, be = report["model"], report["cost"], report["backend"]
+    acc, lat = report["accuracy"], report["latency"]
+    lines = [
+        f"# Engine report: {m['source']}",
+        "",
+        f"- model: `{m['architecture']}`, {m['scheme']} scheme, {m['factorized_layers']} "
+        f"factorized convs"
+        + (
+            f" (ranks padded to multiples of {m['ranks_padded_to_multiple_of']})"
+            if m.get("ranks_padded_to_multiple_of", 1) > 1
+            else ""
+        )
+        + f", input {tuple(m['input_size'])}",
+        f"- backend: {be['name']} {be['version']} on {be['device']}, {be['precision']}"
+        + (f", {be['threads']} threads" if be.get("threads") else ""),
+        f"- MACs per image: dense {cost['dense_macs']:,}, factorized {cost['factorized_macs']:,} "
+        f"({cost['macs_reduction']:.2f}x fewer)",
+        "",
+        "## Accuracy",
+        "",
+        f"Evaluation data: {acc['data']}.",
+        "",
+        "| engine | images | max abs diff | max rel diff | top-1 agreement | engine top-1 | "
+        "PyTorch top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, a in acc["engines"].items():
+        lines.append(
+            f"| {name} | {a['images']} | {a['max_abs_diff']:.3g} | {a['max_rel_diff']:.3g} | "
+            f"{a['top1_agreement']:.4f} | {_fmt(a['engine_top1'], '.2f', '%')} | "
+            f"{_fmt(a['torch_top1'], '.2f', '%')} |"
+        )
+    if acc.get("card_top1") is not None:
+        lines += ["", f"Model card top-1: {acc['card_top1']:.2f}%."]
+    for note in acc.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    lines += [
+        "",
+        "## Latency",
+        "",
+        f"{lat['warmup']} warm-up runs, then {lat['runs']} timed runs per engine and batch size, "
+        f"dense and factorized interleaved ({lat['timer']}).",
+        "",
+        "| batch | dense p50 / p90 / p99 ms | factorized p50 / p90 / p99 ms | dense img/s | "
+        "factorized img/s | speed-up | MACs ratio | speed-up / MACs ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in lat["batches"]:
+        d, f = row["dense"], row["factorized"]
+        lines.append(
+            f"| {row['batch']} | {d['p50_ms']:.2f} / {d['p90_ms']:.2f} / {d['p99_ms']:.2f} | "
+            f"{f['p50_ms']:.2f} / {f['p90_ms']:.2f} / {f['p99_ms']:.2f} | "
+            f"{d['images_per_s']:.1f} | {f['images_per_s']:.1f} | {row['speedup']:.2f}x | "
+            f"{row['macs_reduction']:.2f}x | {row['realized_fraction']:.2f} |"
+        )
+    if report.get("gates"):
+        lines += ["", "## Gates", ""]
+        for g in report["gates"]:
+            lines.append(f"- {'PASS' if g['passed'] else 'FAIL'} `--{g['gate']}`: {g['message']}")
+    lines += ["", "## Files", ""]
+    for name, e in report["engines"].items():
+        state = "built" if e["rebuilt"] else "reused"
+        lines.append(f"- {name}: `{e['path']}` ({state}: {e['reason']}); ONNX `{e['onnx']}`")
+    return "\n".join(lines) + "\n"

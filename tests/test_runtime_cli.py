@@ -1,0 +1,153 @@
+"""End to end: python -m runtime.build_engine on a checkpoint directory, ONNX Runtime on CPU."""
+
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+
+import trp_zoo
+from runtime import build
+from runtime.build_engine import main
+from runtime.data import fashion_mnist
+from runtime.spec import metadata_path
+
+MODEL_ARGS = {"channels": [16, 32, 32, 64], "stem_width": 16, "layers": [1, 1, 1, 1]}
+CFG = {"input_size": (1, 28, 28), "mean": (0.2860,), "std": (0.3530,), "crop_pct": 1.0}
+IMAGES = 200
+FAST = ["--backend", "onnxruntime", "--batch-sizes", "1,4", "--max-images", str(IMAGES)]
+FAST += ["--runs", "3", "--warmup", "1", "--threads", "1"]
+
+
+@torch.no_grad()
+def _top1(model, images):
+    data = fashion_mnist(CFG["input_size"], CFG["mean"], CFG["std"], max_images=images)
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.batches(100))
+    return 100.0 * correct / images
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small decomposed timm resnet18 saved with the top-1 it measures on its images."""
+    torch.manual_seed(0)
+    base = timm.create_model("resnet18", in_chans=1, num_classes=10, **MODEL_ARGS).eval()
+    model = trp_zoo.decompose(base, "channel", rank=8).eval()
+    top1 = _top1(model, IMAGES)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-fmnist"
+    trp_zoo.save_pretrained(
+        model,
+        path,
+        metrics={"top1": top1, "dataset": "fashion-mnist", "split": f"test[:{IMAGES}]"},
+        pretrained_cfg=CFG,
+        base_architecture="resnet18",
+        model_args=MODEL_ARGS,
+    )
+    return path, top1
+
+
+@pytest.fixture(scope="module")
+def first_run(checkpoint, tmp_path_factory):
+    path, _ = checkpoint
+    out = tmp_path_factory.mktemp("engines")
+    gates = ["--max-abs-diff", "1e-3", "--min-top1-agreement", "0.99"]
+    gates += ["--max-top1-drop", "0.5", "--min-speedup", "0.01"]
+    code = main([str(path), "--output", str(out), *FAST, *gates])
+    return code, out
+
+
+def test_cli_builds_checks_and_reports(first_run, checkpoint, capsys):
+    code, out = first_run
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").read_text().startswith("# Engine report")
+    assert report["passed"] and len(report["gates"]) == 4
+    for name in ("dense", "factorized"):
+        assert (out / f"{name}.onnx").is_file() and (out / f"{name}.ort.onnx").is_file()
+        assert metadata_path(out / f"{name}.ort.onnx").is_file()
+    model = report["model"]
+    assert model["architecture"] == "resnet18" and model["scheme"] == "channel"
+    assert model["ranks_padded_to_multiple_of"] == 16  # the default: same function
+    assert model["card"]["top1"] == pytest.approx(checkpoint[1])
+    acc = report["accuracy"]
+    assert acc["labelled"] and "Fashion-MNIST" in acc["data"]  # the default for this model
+    for stats in acc["engines"].values():
+        assert stats["images"] == IMAGES and stats["top1_agreement"] == 1.0
+        assert stats["max_abs_diff"] < 1e-3
+        assert stats["engine_top1"] == pytest.approx(checkpoint[1])
+    assert [row["batch"] for row in report["latency"]["batches"]] == [1, 4]
+    for row in report["latency"]["batches"]:
+        assert row["dense"]["p50_ms"] > 0 and row["factorized"]["runs"] == 3
+        assert row["realized_fraction"] == pytest.approx(row["speedup"] / row["macs_reduction"])
+    assert report["cost"]["macs_reduction"] > 1.0
+    assert report["export"]["factorized"]["conv_nodes"] > report["export"]["dense"]["conv_nodes"]
+
+
+def test_cli_gates_fail_with_one_line_reasons(first_run, checkpoint, tmp_path, capsys):
+    _, out = first_run
+    path, top1 = checkpoint
+    overstated = tmp_path / "overstated"  # a card claiming 5 points more than the model does
+    shutil.copytree(path, overstated)
+    results = json.loads((overstated / "results.json").read_text())
+    results["metrics"]["top1"] = top1 + 5.0
+    (overstated / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    args = [str(overstated), "--output", str(out), *FAST, "--quiet"]
+    gates = ["--max-abs-diff", "1e-12", "--max-top1-drop", "1", "--min-speedup", "1000"]
+    assert main(args + gates) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gate failed: ")
+    for name in ("--max-abs-diff", "--max-top1-drop", "--min-speedup"):
+        assert name in err[-1]
+    assert "5.00 points below" in err[-1]
+    report = json.loads((out / "report.json").read_text())
+    assert not report["passed"] and not report["engines"]["factorized"]["rebuilt"]  # reused
+
+
+def test_engine_that_does_not_match_its_model_fails_agreement(
+    first_run, checkpoint, tmp_path, capsys
+):
+    path, _ = checkpoint
+    out = tmp_path / "engines"
+    shutil.copytree(first_run[1], out)  # exports and engines stay valid: they are reused
+    # replace the factorized engine by the engine of another model, keeping its metadata
+    # consistent: the engine looks up to date but computes something else
+    torch.manual_seed(1)
+    other = timm.create_model("resnet18", in_chans=1, num_classes=10, **MODEL_ARGS).eval()
+    wrong = build(other, tmp_path / "other.ort.onnx", backend="onnxruntime", input_size=(1, 28, 28))
+    engine = out / "factorized.ort.onnx"
+    shutil.copy(wrong.path, engine)
+    meta = json.loads(metadata_path(engine).read_text())
+    meta["engine_sha256"] = wrong.metadata.engine_sha256
+    metadata_path(engine).write_text(json.dumps(meta))
+    capsys.readouterr()
+    args = [str(path), "--output", str(out), *FAST, "--quiet", "--min-top1-agreement", "0.99"]
+    assert main(args) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("gate failed: --min-top1-agreement: top-1 agreement with PyTorch is")
+    assert "factorized engine" in line
+    report = json.loads((out / "report.json").read_text())
+    assert not report["engines"]["factorized"]["rebuilt"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch-sizes", "0,4"], "--batch-sizes takes positive ints"),
+        (["--precision", "fp16"], "precision fp16 needs the TensorRT backend"),
+        (["--min-top1-agreement", "99"], "fraction in [0, 1]"),
+        (["--data", "/nonexistent/images"], "no such directory"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, extra, message):
+    path, _ = checkpoint
+    args = [str(path), "--output", str(tmp_path), "--backend", "onnxruntime", "--runs", "1"]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_cli_unknown_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["no_such_model_xyz", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "no_such_model_xyz" in err[-1]
