@@ -104,6 +104,10 @@ def test_cifar10_recipes(tmp_path: Path) -> None:
             scheme,
             "--limit-train-batches",
             "3",
+            "--period",
+            "1",
+            "--energy",
+            "0.6",
             *QUICK,
         )
         res = results(out)
@@ -189,6 +193,15 @@ def test_bad_pretrained_file_is_a_clear_error(fmnist: Path, tmp_path: Path) -> N
         check=False,
     )
     assert proc.returncode != 0 and "--pretrained" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nothing_to_decompose_is_reported_not_saved(fmnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--data-dir", str(fmnist), "--output-dir", str(out), "--energy", "1.0"]
+    proc = run("fashion_mnist_resnet18.py", *args, "--limit-train-batches", "2", *QUICK)
+    res = results(out)
+    assert "decomposed" not in res and "nothing was decomposed" in res["note"]
+    assert not (out / "model").exists() and "nothing was decomposed" in proc.stdout + proc.stderr
 
 
 def test_refuses_to_overwrite_a_run_without_resume(fmnist: Path, tmp_path: Path) -> None:

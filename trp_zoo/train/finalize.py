@@ -93,10 +93,17 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
     _, dense_top1 = trainer.evaluate()
     results["dense"] = {"top1": dense_top1, "note": "the trained model before decomposition"}
     low = None
-    if plan_all:
-        sch = get_scheme(cfg.scheme)
-        geoms = {n: ConvGeometry.of(trainer.trp.targets[n]) for n in plan_all}  # type: ignore[union-attr]
-        plan = {n: r for n, r in plan_all.items() if sch.lowers_cost(geoms[n], r)}
+    sch = get_scheme(cfg.scheme)
+    geoms = {n: ConvGeometry.of(trainer.trp.targets[n]) for n in plan_all}  # type: ignore[union-attr]
+    plan = {n: r for n, r in plan_all.items() if sch.lowers_cost(geoms[n], r)}
+    results["full_ranks"] = {n: sch.full_rank(g) for n, g in geoms.items()}
+    if plan_all and not plan:
+        results["note"] = (
+            "no layer reached a rank that lowers its cost, so nothing was decomposed; "
+            "train longer or lower --energy"
+        )
+        trainer.log(results["note"])
+    if plan:
         low = decompose(model, cfg.scheme, rank=plan)
         _, low_top1 = trainer.evaluate(low)
         cost = compare_cost(model, low, input_size)
@@ -110,7 +117,6 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
             "scheme": cfg.scheme,
             "rank_plan": plan,
             "kept_dense": sorted(set(plan_all) - set(plan)),
-            "full_ranks": {n: sch.full_rank(g) for n, g in geoms.items()},
         }
     else:
         cost = compare_cost(model, model, input_size)
@@ -211,8 +217,9 @@ def _plots(
         if trainer.state.history:
             made.append(plot_curves(trainer.state.history, folder / "curves.png"))
         if ranks and trainer.trp is not None:
-            full = results["decomposed"]["full_ranks"]
-            made.append(plot_ranks(ranks, full, trainer.trp.history, folder / "ranks.png"))
+            made.append(
+                plot_ranks(ranks, results["full_ranks"], trainer.trp.history, folder / "ranks.png")
+            )
         if spectra:
             made.append(plot_spectra(spectra, ranks, folder / "spectra.png"))
     except Exception as err:  # plots are a convenience: never lose a trained model over one
