@@ -12,7 +12,7 @@ factorized model (e.g. TRP-trained) up to such multiples without changing its fu
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 import trp_zoo
 from trp_zoo.convs import ConvGeometry
 from trp_zoo.modules import set_submodule
+from trp_zoo.schemes import Scheme
 from trp_zoo.targets import Patterns, select_targets
 
 
@@ -123,6 +124,20 @@ def aligned_rank_plan(
             return plan
 
 
+def padded_rank(scheme: str | Scheme, geom: ConvGeometry, rank: int, multiple: int) -> int:
+    """``rank`` rounded up to a multiple of ``multiple``, or ``rank`` itself when the rounded
+    rank would no longer lower the layer's MACs."""
+    padded = -(-rank // multiple) * multiple
+    return padded if trp_zoo.get_scheme(scheme).lowers_cost(geom, padded) else rank
+
+
+def padded_plan(
+    plan: Mapping[str, int], geoms: Mapping[str, ConvGeometry], scheme: str, multiple: int = 16
+) -> dict[str, int]:
+    """The ranks ``pad_ranks`` gives a model factorized by ``plan`` (same speed as it)."""
+    return {n: padded_rank(scheme, geoms[n], r, multiple) for n, r in plan.items()}
+
+
 @torch.no_grad()
 def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
     """Copy of a factorized model whose ranks are rounded up to multiples of ``multiple``.
@@ -138,9 +153,9 @@ def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
     for name, layer in list(new.named_modules()):
         if not isinstance(layer, trp_zoo.FactorizedConv2d):
             continue
-        rank = -(-layer.rank // multiple) * multiple
         scheme = trp_zoo.get_scheme(layer.scheme)
-        if rank == layer.rank or not scheme.lowers_cost(layer.geom, rank):
+        rank = padded_rank(scheme, layer.geom, layer.rank, multiple)
+        if rank == layer.rank:
             continue
         first, second = layer.first.weight, layer.second.weight
         pad_first = first.new_zeros((rank - layer.rank, *first.shape[1:]))

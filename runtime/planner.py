@@ -1,0 +1,281 @@
+"""Rank plans for a deployment target: measure, select, predict, and check by measuring.
+
+``Planner`` gathers what selection needs for one model on one target: the per-layer cost
+table (``runtime.costs``, cached), the singular values of every candidate layer, the
+model's dense latency and MACs. ``Planner.select`` turns a budget (a fraction of the dense
+latency, or of the dense MACs) into a ``{name: rank}`` plan (``runtime.selector``) with
+its predicted latency; ``measure_plans`` builds the dense and planned models as engines
+and times them interleaved, which is the number that counts.
+
+The predicted latency is the dense model's measured latency minus the per-layer savings
+measured in isolation; per-graph overheads (input and output reorders, the call itself)
+are the same for a layer's dense and factorized probes and cancel in those savings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+import trp_zoo
+from trp_zoo.targets import Patterns
+
+from .costs import CostCache, CostTable, Progress, Target, cost_table, latencies, model_latency
+from .latency import LatencyStats
+from .selector import (
+    Budget,
+    LayerOptions,
+    Option,
+    Selection,
+    energy_threshold_plan,
+    layer_energy,
+    max_saving,
+    select_ranks,
+    singular_values,
+)
+
+
+def check_fraction(value: object, what: str) -> float:
+    """A budget fraction must lie in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"{what} budget must be a fraction of the dense model in (0, 1], got {value!r} "
+            "(e.g. 0.5 for half the dense latency)"
+        )
+    return float(value)
+
+
+@dataclass
+class RankPlan:
+    """A selected plan with its budget, predicted latency, MACs and kept energy."""
+
+    plan: dict[str, int]
+    scheme: str
+    budget: str  # "latency" or "macs"
+    fraction: float
+    target: Target
+    target_key: dict[str, Any]
+    dense_ms: float
+    predicted_ms: float
+    dense_macs: int
+    planned_macs: int
+    mean_energy: float
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def predicted_fraction(self) -> float:
+        return self.predicted_ms / self.dense_ms
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.planned_macs / self.dense_macs
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; ``plan`` is what ``--rank-plan`` and ``trp_zoo.decompose`` read."""
+        return {
+            "plan": dict(self.plan),
+            "scheme": self.scheme,
+            "budget": {"kind": self.budget, "fraction": self.fraction},
+            "target": {**self.target_key, "input_size": list(self.target.input_size)},
+            "predicted": {
+                "dense_ms": self.dense_ms,
+                "planned_ms": self.predicted_ms,
+                "latency_fraction": self.predicted_fraction,
+            },
+            "macs": {
+                "dense": self.dense_macs,
+                "planned": self.planned_macs,
+                "fraction": self.macs_fraction,
+                "reduction": self.dense_macs / self.planned_macs,
+            },
+            "mean_kept_energy": self.mean_energy,
+            "layers": self.layers,
+        }
+
+
+class Planner:
+    """Costs and spectra of one model on one target, ready to select rank plans."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: Target,
+        scheme: str = "channel",
+        *,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        cache: CostCache | None = None,
+        rank_step: int = 8,
+        max_candidates: int = 32,
+        warmup: int = 3,
+        runs: int = 15,
+        progress: Progress = None,
+    ) -> None:
+        self.model = model.eval()
+        self.target = target
+        self.scheme = trp_zoo.get_scheme(scheme).name
+        self.cache = cache or CostCache()
+        self.table: CostTable = cost_table(
+            self.model,
+            target,
+            self.scheme,
+            include=include,
+            exclude=exclude,
+            cache=self.cache,
+            rank_step=rank_step,
+            max_candidates=max_candidates,
+            warmup=warmup,
+            runs=runs,
+            progress=progress,
+        )
+        self.dense_ms = model_latency(
+            self.model, target, cache=self.cache, warmup=warmup, runs=runs, progress=progress
+        )
+        self.dense_macs = trp_zoo.count_flops(self.model, target.input_size)
+        self.spectra = singular_values(self.model, self.scheme, list(self.table.layers))
+        self.energies = {n: layer_energy(s) for n, s in self.spectra.items()}
+        self.options = [
+            LayerOptions(
+                name=name,
+                dense_ms=lc.costs.dense_ms,
+                dense_macs=lc.probe.macs(None),
+                options=tuple(
+                    Option(r, lc.option_ms(r), lc.probe.macs(r), self.energy_at(name, r))
+                    for r in lc.ranks
+                ),
+            )
+            for name, lc in self.table.layers.items()
+        ]
+
+    def energy_at(self, name: str, rank: int) -> float:
+        return float(self.energies[name][rank - 1])
+
+    def mean_energy(self, plan: Mapping[str, int]) -> float:
+        """Mean kept energy over the candidate layers (1.0 for those the plan keeps dense)."""
+        values = [self.energy_at(n, plan[n]) if n in plan else 1.0 for n in self.energies]
+        return sum(values) / len(values) if values else 1.0
+
+    def macs(self, plan: Mapping[str, int]) -> int:
+        """MACs per image of the model factorized by ``plan`` (candidate layers only)."""
+        layers = self.table.layers
+        return self.dense_macs - sum(
+            layers[n].probe.macs(None) - layers[n].probe.macs(r) for n, r in plan.items()
+        )
+
+    def predicted_ms(self, plan: Mapping[str, int]) -> float | None:
+        """Predicted latency of a plan whose ranks were all measured (None otherwise)."""
+        saving = 0.0
+        for name, rank in plan.items():
+            lc = self.table.layers.get(name)
+            if lc is None or rank not in lc.costs.rank_ms:
+                return None
+            saving += lc.costs.dense_ms - lc.costs.rank_ms[rank]
+        return self.dense_ms - saving
+
+    def energy_plan(self, energy: float) -> dict[str, int]:
+        """The energy-threshold plan (TRP's own criterion) over the same candidate layers."""
+        geoms = {n: lc.probe.geom for n, lc in self.table.layers.items()}
+        return energy_threshold_plan(self.spectra, geoms, self.scheme, energy)
+
+    def select(
+        self, *, latency: float | None = None, macs: float | None = None, resolution: int = 4000
+    ) -> RankPlan:
+        """The plan for a budget: ``latency`` or ``macs`` as a fraction of the dense model."""
+        if (latency is None) == (macs is None):
+            raise ValueError("give exactly one budget: a latency fraction or a MACs fraction")
+        budget: Budget
+        if latency is not None:
+            budget, fraction = "latency", check_fraction(latency, "latency")
+            required = (1.0 - fraction) * self.dense_ms
+        else:
+            budget, fraction = "macs", check_fraction(macs, "MACs")
+            required = (1.0 - fraction) * self.dense_macs
+        try:
+            sel = select_ranks(self.options, budget, required, resolution=resolution)
+        except ValueError as err:
+            raise ValueError(
+                f"{budget} fraction {fraction} is out of reach: {err}. {self._reach(budget)}"
+            ) from None
+        return self._result(sel, budget, fraction)
+
+    def _reach(self, budget: Budget) -> str:
+        best = max_saving(self.options, budget)
+        total = self.dense_ms if budget == "latency" else self.dense_macs
+        return (
+            f"With these candidate ranks the {budget} can go down to about "
+            f"{(total - best) / total:.2f} of the dense model; ask for that or more"
+        )
+
+    def _result(self, sel: Selection, budget: Budget, fraction: float) -> RankPlan:
+        layers = []
+        for lo in self.options:
+            lc = self.table.layers[lo.name]
+            rank = sel.plan.get(lo.name)
+            layers.append(
+                {
+                    "name": lo.name,
+                    "conv": lc.probe.describe(),
+                    "rank": rank,
+                    "full_rank": trp_zoo.get_scheme(self.scheme).full_rank(lc.probe.geom),
+                    "energy": sel.energy[lo.name],
+                    "dense_ms": lo.dense_ms,
+                    "planned_ms": lo.dense_ms if rank is None else lc.option_ms(rank),
+                    "useful_ranks": [o.rank for o in lo.useful()],
+                }
+            )
+        return RankPlan(
+            plan=sel.plan,
+            scheme=self.scheme,
+            budget=budget,
+            fraction=fraction,
+            target=self.target,
+            target_key=self.table.target_key,
+            dense_ms=self.dense_ms,
+            predicted_ms=self.dense_ms - sel.latency_saving_ms,
+            dense_macs=self.dense_macs,
+            planned_macs=self.dense_macs - sel.macs_saving,
+            mean_energy=self.mean_energy(sel.plan),
+            layers=layers,
+        )
+
+
+def plan_ranks(
+    model: nn.Module,
+    target: Target,
+    *,
+    latency: float | None = None,
+    macs: float | None = None,
+    scheme: str = "channel",
+    cache_dir: str | os.PathLike[str] | None = None,
+    **planner_options: Any,
+) -> RankPlan:
+    """Select a ``{name: rank}`` plan for ``model`` on ``target`` within one budget."""
+    if latency is not None:
+        check_fraction(latency, "latency")
+    if macs is not None:
+        check_fraction(macs, "MACs")
+    planner = Planner(model, target, scheme, cache=CostCache(cache_dir), **planner_options)
+    return planner.select(latency=latency, macs=macs)
+
+
+def measure_plans(
+    model: nn.Module,
+    plans: Mapping[str, Mapping[str, int]],
+    scheme: str,
+    target: Target,
+    *,
+    warmup: int = 3,
+    runs: int = 15,
+    workdir: str | os.PathLike[str] | None = None,
+) -> dict[str, LatencyStats]:
+    """Time the dense model (``dense``) and each planned factorization, interleaved."""
+    models: dict[str, nn.Module] = {"dense": model.eval()}
+    for label, plan in plans.items():
+        if label == "dense":
+            raise ValueError("'dense' names the dense model; label the plans otherwise")
+        models[label] = trp_zoo.decompose(model, scheme, rank=dict(plan), method="gram").eval()
+    return latencies(models, target, workdir=workdir, warmup=warmup, runs=runs)

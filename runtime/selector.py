@@ -1,0 +1,234 @@
+"""Latency-aware rank selection: per-layer ranks that spend a budget where it keeps most energy.
+
+Each candidate layer either stays dense or takes one of its measured ranks ``r``. A rank
+saves ``dense cost - cost(r)`` (latency on the target from a cost table, or MACs) and keeps
+the fraction ``e(r) = sum_{k<=r} s_k^2 / sum_k s_k^2`` of the layer's spectral energy
+(``s``: singular values of the layer's weight reshaped by the scheme, see ``layer_energy``).
+Given the saving the budget requires, ``select_ranks`` picks one option per layer that
+maximizes the total kept energy ``sum_i e_i`` (equivalently, minimizes the sum of the
+layers' relative squared approximation errors ``sum_i (1 - e_i)``) subject to
+``sum_i saving_i >= required``.
+
+That is a multiple-choice knapsack; it is solved exactly, up to rounding the savings down
+to ``resolution`` steps of ``required / resolution``, by dynamic programming over the
+saving reached so far (``best[k]``: least energy lost for a saving of at least ``k`` steps,
+capped at ``resolution``), one layer at a time, in ``O(layers x options x resolution)``.
+Rounding down makes the selected plan's predicted saving at least the required one.
+
+Before that, each layer's options are filtered by what the hardware does:
+
+- a rank that is not faster than the dense layer is dropped; a layer with no rank left
+  stays dense whatever the budget;
+- a rank is dropped when a larger measured rank is at least as fast (it keeps more
+  energy for no more time). Vector units and blocked layouts make latency a staircase in
+  the rank (flat between multiples of 8 or 16), so this keeps the rank at the top of each
+  step: the hardware-friendly multiples, wherever they are faster.
+
+Both filters use latency also when the budget is in MACs: the MACs budget then decides
+how much to cut, and the hardware still decides which ranks are worth having.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trp_zoo.convs import ConvGeometry, effective_weight
+from trp_zoo.criteria import EnergyThreshold
+from trp_zoo.lowrank import svd
+from trp_zoo.schemes import get_scheme
+
+Budget = Literal["latency", "macs"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One rank of one layer: its measured latency, MACs and kept energy."""
+
+    rank: int
+    latency_ms: float
+    macs: int
+    energy: float
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """A candidate layer: its dense cost and the ranks it may take."""
+
+    name: str
+    dense_ms: float
+    dense_macs: int
+    options: tuple[Option, ...]
+
+    def useful(self) -> tuple[Option, ...]:
+        """Ranks faster than dense that no larger rank matches or beats in latency."""
+        faster = [o for o in self.options if o.latency_ms < self.dense_ms]
+        return tuple(
+            o
+            for o in sorted(faster, key=lambda o: o.rank)
+            if not any(p.rank > o.rank and p.latency_ms <= o.latency_ms for p in faster)
+        )
+
+    def saving(self, option: Option, budget: Budget) -> float:
+        if budget == "latency":
+            return self.dense_ms - option.latency_ms
+        return float(self.dense_macs - option.macs)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen ranks and what they save (dense layers are absent from ``plan``)."""
+
+    plan: dict[str, int]
+    budget: Budget
+    required_saving: float
+    latency_saving_ms: float
+    macs_saving: int
+    energy: dict[str, float]  # kept energy of every candidate layer (1.0 when dense)
+
+    @property
+    def mean_energy(self) -> float:
+        return float(np.mean(list(self.energy.values()))) if self.energy else 1.0
+
+
+def max_saving(layers: Sequence[LayerOptions], budget: Budget) -> float:
+    """The largest saving any selection from these options reaches."""
+    return sum(max((lo.saving(o, budget) for o in lo.useful()), default=0.0) for lo in layers)
+
+
+def select_ranks(
+    layers: Sequence[LayerOptions],
+    budget: Budget,
+    required_saving: float,
+    *,
+    resolution: int = 4000,
+) -> Selection:
+    """Options maximizing the total kept energy with a saving of at least ``required_saving``.
+
+    ``budget`` says what the saving is measured in: ``latency`` (ms) or ``macs``. Raises
+    ``ValueError`` when even the cheapest options do not save enough.
+    """
+    if budget not in ("latency", "macs"):
+        raise ValueError(f"budget must be 'latency' or 'macs', got {budget!r}")
+    if resolution < 1:
+        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    useful = [lo.useful() for lo in layers]
+    chosen: list[Option | None] = [None] * len(layers)
+    if required_saving > 0:
+        reachable = max_saving(layers, budget)
+        if reachable < required_saving:
+            raise ValueError(
+                f"the measured ranks save at most {reachable:.4g} "
+                f"{'ms' if budget == 'latency' else 'MACs'}, short of the {required_saving:.4g} "
+                "the budget needs"
+            )
+        chosen = _knapsack(layers, useful, budget, required_saving, resolution)
+    plan, energy = {}, {}
+    latency = macs = 0.0
+    for lo, option in zip(layers, chosen, strict=True):
+        energy[lo.name] = 1.0 if option is None else option.energy
+        if option is not None:
+            plan[lo.name] = option.rank
+            latency += lo.saving(option, "latency")
+            macs += lo.saving(option, "macs")
+    return Selection(plan, budget, float(required_saving), latency, int(macs), energy)
+
+
+def _knapsack(
+    layers: Sequence[LayerOptions],
+    useful: Sequence[tuple[Option, ...]],
+    budget: Budget,
+    required: float,
+    k: int,
+) -> list[Option | None]:
+    """Multiple-choice knapsack by dynamic programming over ``k`` saving steps."""
+    step = required / k
+    inf = np.inf
+    best = np.full(k + 1, inf)
+    best[0] = 0.0
+    tables: list[np.ndarray] = []  # best[] before each layer, for the backtrack
+    picks: list[np.ndarray] = []  # option index (-1: dense) reaching each state
+    for lo, options in zip(layers, useful, strict=True):
+        tables.append(best)
+        new, pick = best.copy(), np.full(k + 1, -1, dtype=np.int32)
+        for j, option in enumerate(options):
+            q = min(int(lo.saving(option, budget) / step), k)
+            loss = 1.0 - option.energy
+            shifted = np.full(k + 1, inf)
+            shifted[q:k] = best[: k - q] + loss
+            shifted[k] = best[k - q :].min() + loss
+            better = shifted < new
+            new[better], pick[better] = shifted[better], j
+        best = new
+        picks.append(pick)
+    if not np.isfinite(best[k]):
+        raise ValueError(
+            f"the savings, rounded down to steps of {step:.4g}, fall short of the budget; "
+            "raise the resolution"
+        )
+    chosen: list[Option | None] = [None] * len(layers)
+    state = k
+    for i in range(len(layers) - 1, -1, -1):
+        j = int(picks[i][state])
+        if j < 0:
+            continue
+        option = useful[i][j]
+        chosen[i] = option
+        q = min(int(layers[i].saving(option, budget) / step), k)
+        if state < k:
+            state -= q
+        else:  # any earlier state at or above k - q led here: take the best of them
+            state = k - q + int(np.argmin(tables[i][k - q :] + (1.0 - option.energy)))
+    return chosen
+
+
+# ----------------------------------------------------------------------------- energy
+
+
+@torch.no_grad()
+def singular_values(model: nn.Module, scheme: str, names: Sequence[str]) -> dict[str, Tensor]:
+    """Singular values (descending, float64) of each named conv's weight under ``scheme``."""
+    sch = get_scheme(scheme)
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        weight = effective_weight(modules[name]).float().cpu()  # type: ignore[arg-type]
+        out[name] = svd(sch.to_matrix(weight), "gram")[1]
+    return out
+
+
+def layer_energy(s: Tensor) -> np.ndarray:
+    """Kept energy by rank: ``e[r - 1] = sum_{k<=r} s_k^2 / sum_k s_k^2``.
+
+    For trained weights this is how much of the layer's function a rank-``r`` truncation
+    keeps. For randomly initialized weights the spectrum is nearly flat (Marchenko-Pastur),
+    so ``e(r)`` is close to the share ``r / full rank`` of the layer's dimensions that is
+    kept: a structural measure of capacity, not of learned importance.
+    """
+    sq = s.double().cpu().numpy() ** 2
+    total = sq.sum()
+    if total <= 0:
+        return np.ones_like(sq)
+    return np.minimum(np.cumsum(sq) / total, 1.0)
+
+
+def energy_threshold_plan(
+    spectra: Mapping[str, Tensor],
+    geoms: Mapping[str, ConvGeometry],
+    scheme: str,
+    energy: float,
+) -> dict[str, int]:
+    """The plan TRP's energy criterion gives: per layer the smallest rank keeping ``energy``
+    of the squared singular values, layers whose rank would not lower their MACs left out."""
+    sch, criterion = get_scheme(scheme), EnergyThreshold(energy)
+    plan = {}
+    for name, s in spectra.items():
+        rank = criterion(s.float())
+        if sch.lowers_cost(geoms[name], rank):
+            plan[name] = rank
+    return plan
