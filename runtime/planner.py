@@ -15,8 +15,10 @@ are the same for a layer's dense and factorized probes and cancel in those savin
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -132,8 +134,17 @@ class Planner:
             runs=runs,
             progress=progress,
         )
+        # exports made here are reused by ``measure`` while the planner lives
+        self._workdir = tempfile.TemporaryDirectory(prefix="trp-plan-")
+        self.workdir = Path(self._workdir.name)
         self.dense_ms = model_latency(
-            self.model, target, cache=self.cache, warmup=warmup, runs=runs, progress=progress
+            self.model,
+            target,
+            cache=self.cache,
+            workdir=self.workdir,
+            warmup=warmup,
+            runs=runs,
+            progress=progress,
         )
         self.dense_macs = trp_zoo.count_flops(self.model, target.input_size)
         self.spectra = singular_values(self.model, self.scheme, list(self.table.layers))
@@ -150,6 +161,20 @@ class Planner:
             )
             for name, lc in self.table.layers.items()
         ]
+
+    def measure(
+        self, plans: Mapping[str, Mapping[str, int]], *, warmup: int = 3, runs: int = 15
+    ) -> dict[str, LatencyStats]:
+        """Time the dense model and each plan on the target, interleaved (``measure_plans``)."""
+        return measure_plans(
+            self.model,
+            plans,
+            self.scheme,
+            self.target,
+            warmup=warmup,
+            runs=runs,
+            workdir=self.workdir,
+        )
 
     def energy_at(self, name: str, rank: int) -> float:
         return float(self.energies[name][rank - 1])

@@ -40,7 +40,6 @@ from torch import Tensor, nn
 
 from trp_zoo.convs import ConvGeometry, effective_weight
 from trp_zoo.criteria import EnergyThreshold
-from trp_zoo.lowrank import svd
 from trp_zoo.schemes import get_scheme
 
 Budget = Literal["latency", "macs"]
@@ -192,13 +191,15 @@ def _knapsack(
 
 @torch.no_grad()
 def singular_values(model: nn.Module, scheme: str, names: Sequence[str]) -> dict[str, Tensor]:
-    """Singular values (descending, float64) of each named conv's weight under ``scheme``."""
+    """Singular values (descending, float64) of each named conv's weight under ``scheme``,
+    from the eigenvalues of the smaller Gram matrix."""
     sch = get_scheme(scheme)
     modules = dict(model.named_modules())
     out = {}
     for name in names:
-        weight = effective_weight(modules[name]).float().cpu()  # type: ignore[arg-type]
-        out[name] = svd(sch.to_matrix(weight), "gram")[1]
+        a = sch.to_matrix(effective_weight(modules[name]).cpu()).double()  # type: ignore[arg-type]
+        gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a  # values only: no vectors
+        out[name] = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).sqrt()
     return out
 
 

@@ -335,11 +335,15 @@ def _print_plan(name: str, result: Any, weights: str, cache: str) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from runtime.costs import CostCache, Target
     from runtime.errors import RuntimeToolError
-    from runtime.planner import Planner, measure_plans
+    from runtime.planner import Planner, check_fraction
 
     from .fileio import write_json
 
     try:
+        if args.latency is not None:  # check the budget before any measuring
+            check_fraction(args.latency, "latency")
+        else:
+            check_fraction(args.macs, "MACs")
         model, size, weights = _plan_model(args)
         target = Target(
             backend=args.backend,
@@ -370,14 +374,7 @@ def run_plan(args: argparse.Namespace) -> int:
         if args.measure:
             if progress:
                 progress("timing the dense and planned models, interleaved")
-            stats = measure_plans(
-                model,
-                {"planned": result.plan},
-                result.scheme,
-                target,
-                warmup=args.warmup,
-                runs=args.runs,
-            )
+            stats = planner.measure({"planned": result.plan}, warmup=args.warmup, runs=args.runs)
             dense, planned = stats["dense"].p50_ms, stats["planned"].p50_ms
             speedup = dense / planned
             reduction = 1 / result.macs_fraction

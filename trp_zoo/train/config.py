@@ -34,6 +34,11 @@ class TrainConfig:
     nuclear_weight: float = 3e-4
     svd_method: str = "subspace"
     rank_plan: str | None = None  # JSON file {layer: rank}: caps each layer's rank
+    # or: a plan chosen at the start for a latency budget on a deployment target
+    target_latency: float | None = None  # fraction of the dense model's latency
+    target_backend: str = "onnxruntime"
+    target_batch_size: int = 8
+    target_rank_step: int = 8  # candidate ranks: multiples of this
     # optimization
     epochs: int = 10
     batch_size: int = 128
@@ -104,6 +109,19 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument("--nuclear-weight", type=float, default=d.nuclear_weight, help="lambda")
     g.add_argument("--svd-method", choices=METHODS, default=d.svd_method)
     g.add_argument("--rank-plan", default=d.rank_plan, help="JSON {layer: rank} capping each rank")
+    g.add_argument(
+        "--target-latency",
+        type=float,
+        default=d.target_latency,
+        metavar="FRACTION",
+        help="instead of --rank-plan: cap ranks by a plan for this fraction of the dense "
+        "latency on --target-backend, chosen from the starting weights",
+    )
+    g.add_argument("--target-backend", default=d.target_backend, help="onnxruntime or tensorrt")
+    g.add_argument("--target-batch-size", type=int, default=d.target_batch_size)
+    g.add_argument(
+        "--target-rank-step", type=int, default=d.target_rank_step, help="rank multiples to time"
+    )
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
@@ -174,6 +192,19 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--nuclear-weight must be >= 0, got {cfg.nuclear_weight}")
     if cfg.rank_plan is not None and not Path(cfg.rank_plan).is_file():
         problems.append(f"--rank-plan file {cfg.rank_plan} does not exist")
+    if cfg.target_latency is not None:
+        if not 0.0 < cfg.target_latency <= 1.0:
+            problems.append(
+                f"--target-latency is a fraction of the dense latency in (0, 1], got "
+                f"{cfg.target_latency}"
+            )
+        if cfg.rank_plan is not None:
+            problems.append("give --rank-plan or --target-latency, not both")
+        if not cfg.trp:
+            problems.append("--target-latency caps TRP's ranks: it needs --trp")
+    for name in ("target_batch_size", "target_rank_step"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -21,13 +21,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..fileio import write_text
+from ..fileio import write_json, write_text
 from ..modules import unwrap_model
 from ..trp import TRP
 from .checkpoint import list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, load_rank_plan
 from .data import DataBundle, EpochSampler, SeededDataset
 from .distributed import DistInfo, all_sum, barrier
+
+TARGET_PLAN = "target_plan.json"
 
 
 @dataclass
@@ -123,8 +125,12 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
         self.trp: TRP | None = None
+        self.target_plan: dict[str, Any] | None = None
         if cfg.trp:
             plan = load_rank_plan(cfg.rank_plan) if cfg.rank_plan else None
+            if cfg.target_latency is not None:
+                self.target_plan = self._plan_for_target()
+                plan = self.target_plan["plan"]
             self.trp = TRP(
                 self.model,
                 cfg.scheme,
@@ -136,6 +142,24 @@ class Trainer:
                 project=cfg.project,
             )
         self.state = TrainState()
+
+    def _plan_for_target(self) -> dict[str, Any]:
+        """The ``--target-latency`` plan: chosen once from the starting weights (rank 0) and
+        kept in the run directory, so a resumed run and every process use the same ranks."""
+        path = self.out / TARGET_PLAN
+        if self.info.is_main and not (self.cfg.resume and path.is_file()):
+            from .target import plan_for_target
+
+            chosen = plan_for_target(self.module, self.cfg, self.data.input_size)
+            write_json(path, chosen)
+            self.log(
+                f"rank plan for {self.cfg.target_latency} of the dense latency on "
+                f"{self.cfg.target_backend}: {len(chosen['plan'])} layers factorized, predicted "
+                f"{chosen['predicted']['latency_fraction']:.3f} of dense ({path})"
+            )
+        barrier(self.info)
+        plan: dict[str, Any] = json.loads(path.read_text())
+        return plan
 
     # -- checkpoints ------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:

@@ -83,6 +83,8 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
     }
     if trainer.state.initial_top1 is not None:
         results["initial_top1"] = trainer.state.initial_top1
+    if trainer.target_plan is not None:  # --target-latency: the plan TRP was capped by
+        results["target_plan"] = trainer.target_plan
     plan_all: dict[str, int] = {}
     if trainer.trp is not None:
         plan_all = trainer.trp.project()

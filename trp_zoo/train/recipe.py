@@ -71,7 +71,10 @@ def run_recipe(
         except DataError as err:
             raise SystemExit(f"error: {err}") from None
         model = create_model(cfg, data)
-        trainer = Trainer(cfg, model, data, info)
+        try:
+            trainer = Trainer(cfg, model, data, info)
+        except ValueError as err:  # settings that cannot work with this model or data
+            raise SystemExit(f"error: {err}") from None
         try:
             trainer.fit()
         except FileExistsError as err:

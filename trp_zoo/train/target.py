@@ -1,0 +1,42 @@
+"""``--target-latency``: a rank plan chosen for a deployment target at the start of training."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from .config import TrainConfig
+
+
+def plan_for_target(
+    model: nn.Module, cfg: TrainConfig, input_size: tuple[int, int, int]
+) -> dict[str, Any]:
+    """Measure the model's layers on ``--target-backend`` (cached), select ranks for
+    ``--target-latency`` from the model's current weights and return the plan as JSON
+    (``{"plan": {name: rank}, ...}``, with its predicted latency and MACs).
+
+    Imports the runtime (ONNX Runtime) only when called. One intra-op thread.
+    """
+    from runtime.costs import Target
+    from runtime.errors import RuntimeToolError
+    from runtime.planner import plan_ranks
+
+    try:
+        target = Target(
+            backend=cfg.target_backend,
+            batch_size=cfg.target_batch_size,
+            input_size=input_size,
+            threads=1,
+        )
+        result = plan_ranks(
+            copy.deepcopy(model).cpu().float(),
+            target,
+            latency=cfg.target_latency,
+            scheme=cfg.scheme,
+            rank_step=cfg.target_rank_step,
+        )
+    except (ValueError, RuntimeToolError) as err:
+        raise ValueError(f"--target-latency {cfg.target_latency}: {err}") from None
+    return result.to_dict()
