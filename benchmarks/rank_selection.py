@@ -340,7 +340,8 @@ def _section(row: dict[str, Any]) -> list[str]:
         *HEADER,
         *_plan_rows(row["equal_macs"]),
         "",
-        f"Equal measured latency (one interleaved run, {row['equal_latency_attempts']} attempt(s)):",
+        f"Equal measured latency (one interleaved run, "
+        f"{row['equal_latency_attempts']} attempt(s)):",
         "",
         *HEADER,
         *_plan_rows(row["equal_latency"]),
@@ -359,7 +360,8 @@ def markdown(result: dict[str, Any]) -> str:
     if "goal" in result:
         g = result["goal"]
         lines += [
-            f"Goal: {g['description']}: measured {g['measured']:.2f} ({'met' if g['met'] else 'not met'}).",
+            f"Goal: {g['description']}: measured {g['measured']:.2f} "
+            f"({'met' if g['met'] else 'not met'}).",
             "",
         ]
     fm = result.get("fmnist")
@@ -369,13 +371,15 @@ def markdown(result: dict[str, Any]) -> str:
         runs = fm.get("training", {})
         if runs:
             lines += [
-                "| run | plan | epochs | seed | top-1 decomposed (%) | top-1 before decomposition (%) | MACs reduction | decomposed at the planned ranks |",
+                "| run | plan | epochs | seed | top-1 decomposed (%) | top-1 before "
+                "decomposition (%) | MACs reduction | decomposed at the planned ranks |",
                 "|---|---|---:|---:|---:|---:|---:|---|",
             ]
             for name, r in runs.items():
                 lines.append(
-                    f"| {name} | {r['plan']} | {r['epochs']} | {r['seed']} | {r['top1_decomposed']:.2f} | "
-                    f"{r['top1_before_decomposition']:.2f} | {r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
+                    f"| {name} | {r['plan']} | {r['epochs']} | {r['seed']} | "
+                    f"{r['top1_decomposed']:.2f} | {r['top1_before_decomposition']:.2f} | "
+                    f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
                 )
             lines.append("")
     for note in result.get("notes", []):
