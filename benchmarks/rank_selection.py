@@ -14,7 +14,7 @@ Stages (each updates its part of ``benchmarks/results/rank_selection.{json,md}``
 
     python benchmarks/rank_selection.py latency         # resnet50 + resnet18, 224x224
     python benchmarks/rank_selection.py fmnist-plans    # resnet18, 1x28x28: both plans
-    python benchmarks/rank_selection.py fmnist-train --epochs 3   # trains both plans
+    python benchmarks/rank_selection.py fmnist-train    # fine-tunes them with the recipe
 
 ``latency``: for each model and batch size, round 1 times dense, the energy plan (raw and
 padded) and the latency-aware plan with the energy plan's MACs (``--macs`` budget), all
@@ -23,10 +23,13 @@ the faster energy variant's measured latency fraction, next to that variant (one
 correction step when the measured fractions differ by more than 3%). Reported: speed-up
 (ratio of median latencies), MACs reduction and their quotient, and the mean kept energy.
 
-``fmnist-plans`` does the same at 1x28x28 for the Fashion-MNIST resnet18 and writes both
-plans as rank-plan files; ``fmnist-train`` trains each with ``recipes/
-fashion_mnist_resnet18.py --rank-plan FILE --energy 1.0`` (the projection keeps exactly the
-planned ranks, so the decomposed model has the plan's latency) for the same epochs.
+``fmnist-plans`` does the same at 1x28x28 for the trained dense Fashion-MNIST resnet18
+(``--dense-run``: the dense row of ``benchmarks/fashion_mnist_table.py``), so kept energy
+is that of learned spectra; it writes each plan as a rank-plan file and evaluates each
+plan decomposed without fine-tuning. ``fmnist-train`` fine-tunes the dense weights with
+``recipes/fashion_mnist_resnet18.py --pretrained dense.pth --rank-plan FILE --energy 1.0``
+(TRP projects onto exactly the planned ranks, so the final model has the plan's latency),
+the same epochs and learning rate for every plan.
 
 Weights are random (timm's init, seed 0) for the latency stages: their spectra are nearly
 flat, so kept energy there measures how much of each layer's dimensions survive, not
@@ -36,6 +39,7 @@ learned importance. ONNX Runtime on CPU, one intra-op thread, spinning off.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -52,6 +56,7 @@ from runtime.io import atomic_write_text
 from runtime.planner import Planner
 from runtime.rank_plans import padded_plan
 from runtime.report import environment
+from trp_zoo import decompose
 from trp_zoo.fileio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,11 +125,14 @@ def compare(
     cache: CostCache,
     runs: int,
     warmup: int,
-    **model_kwargs: Any,
+    model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Energy vs latency-aware plans for one model and batch size (see the module doc)."""
-    torch.manual_seed(0)
-    model = timm.create_model(arch, in_chans=input_size[0], **model_kwargs).eval()
+    """Energy vs latency-aware plans for one model and batch size (see the module doc);
+    ``model``: trained weights for ``arch`` (default: timm's random init, seed 0)."""
+    if model is None:
+        torch.manual_seed(0)
+        model = timm.create_model(arch, in_chans=input_size[0])
+    model = model.eval()
     target = Target(batch_size=batch, input_size=input_size, threads=1)
     log = lambda s: print(f"[{arch} b{batch}] {s}", file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()
@@ -239,7 +247,41 @@ def goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
 FMNIST_SIZE = (1, 28, 28)
 
 
+def _table_module() -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fashion_mnist_table  # the recipe in-process (resumable) and the dense run's weights
+
+    return fashion_mnist_table
+
+
+def _fmnist_trainer(out: Path) -> Any:
+    """A recipe trainer (no TRP) to evaluate models on the Fashion-MNIST test set."""
+    from trp_zoo.train.data import build_data
+    from trp_zoo.train.distributed import init_distributed
+    from trp_zoo.train.engine import Trainer
+
+    table = _table_module()
+    cfg = dataclasses.replace(table.DEFAULTS, trp=False, progress=False, output_dir=str(out))
+    data = build_data("fashion_mnist", None)
+    model = timm.create_model(cfg.model, num_classes=10, in_chans=1)
+    return Trainer(cfg, model, data, init_distributed("cpu"))
+
+
 def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Plans for the trained dense Fashion-MNIST resnet18 (``--dense-run``), timed at 1x28x28,
+    and each plan's top-1 right after decomposition (no fine-tuning)."""
+    table = _table_module()
+    if table.load_latest(args.dense_run) is None:
+        raise SystemExit(
+            f"no trained dense model in {args.dense_run}: train it first with "
+            "python benchmarks/fashion_mnist_table.py --epochs 5 (its dense row), or "
+            "recipes/fashion_mnist_resnet18.py --no-trp --output-dir DIR, and pass --dense-run DIR"
+        )
+    fm_dir = args.work_dir / "fmnist"
+    dense = table.trained_dense(args.dense_run, table.DEFAULTS)
+    weights = fm_dir / "dense.pth"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dense.state_dict(), weights)
     row = compare(
         "resnet18",
         FMNIST_SIZE,
@@ -248,53 +290,65 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
         CostCache(args.cache_dir),
         args.runs,
         args.warmup,
-        num_classes=10,
+        model=dense,
     )
     plans = {
         "energy": row["equal_macs"][0]["ranks"],
         "energy_pad16": row["equal_macs"][1]["ranks"],
         "latency_aware": row["equal_latency"][1]["ranks"],
     }
-    files = {}
+    evaluator = _fmnist_trainer(fm_dir / "eval")
+    _, dense_top1 = evaluator.evaluate(dense)
+    files, top1 = {}, {}
     for label, plan in plans.items():
-        path = args.work_dir / "fmnist" / f"{label}_plan.json"
+        path = fm_dir / f"{label}_plan.json"
         write_json(path, {"plan": plan, "scheme": SCHEME, "source": "benchmarks/rank_selection.py"})
         files[label] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-    result["fmnist"] = {"plans": row, "plan_files": files}
+        _, top1[label] = evaluator.evaluate(decompose(dense, SCHEME, rank=plan))
+    result["fmnist"] = {
+        "dense_run": str(args.dense_run),
+        "dense_top1": round(dense_top1, 2),
+        "plans": row,
+        "plan_files": files,
+        "top1_no_finetune": {k: round(v, 2) for k, v in top1.items()},
+    }
 
 
 def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from fashion_mnist_table import train_row  # the recipe in-process, resumable
-
+    """Fine-tune the dense model with the recipe, TRP capped at each plan's ranks."""
     fm = result.get("fmnist")
-    if not fm:
+    if not fm or "dense_run" not in fm:
         raise SystemExit("run the fmnist-plans stage first")
+    table = _table_module()
+    weights = args.work_dir / "fmnist" / "dense.pth"
     common = ["--epochs", str(args.epochs), "--energy", "1.0", "--seed", str(args.seed)]
+    common += ["--lr", str(args.finetune_lr), "--warmup-epochs", "0", "--pretrained", str(weights)]
     common += ["--model-name", "none", "--no-progress", "--scheme", SCHEME]
     trained = fm.setdefault("training", {})
     own = fm["plans"]["own_ranks_kept_energy"]
-    energy_at_init = {
+    energy_at_start = {
         "energy": own["energy"],
         "energy_pad16": own["energy_pad16"],
         "latency_aware": own["latency_aware_equal_latency"],
     }
-    for label, plan_file in fm["plan_files"].items():
-        run = f"{label}_ep{args.epochs}_seed{args.seed}"
-        out = train_row(
-            run, args.work_dir / "fmnist", common, ["--rank-plan", str(ROOT / plan_file)]
+    for label in args.train_plans:
+        plan_file = ROOT / fm["plan_files"][label]
+        run = f"{label}_ft{args.epochs}_lr{args.finetune_lr}_seed{args.seed}"
+        out = table.train_row(
+            run, args.work_dir / "fmnist", common, ["--rank-plan", str(plan_file)]
         )
         low = out.get("decomposed") or {}
         trained[run] = {
             "plan": label,
-            "plan_kept_energy_at_init": energy_at_init[label],
+            "plan_kept_energy": energy_at_start[label],
             "epochs": args.epochs,
+            "lr": args.finetune_lr,
             "seed": args.seed,
+            "top1_no_finetune": fm["top1_no_finetune"][label],
             "top1_decomposed": low.get("top1"),
             "top1_before_decomposition": out["dense"]["top1"],
             "macs_reduction": low.get("macs_reduction"),
-            "rank_plan_matches": low.get("rank_plan")
-            == json.loads((ROOT / plan_file).read_text())["plan"],
+            "rank_plan_matches": low.get("rank_plan") == json.loads(plan_file.read_text())["plan"],
             "training_seconds": round(out["training"]["seconds"]),
         }
         save_results(args.output, result)
@@ -366,19 +420,34 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     fm = result.get("fmnist")
     if fm:
-        lines += ["## Fashion-MNIST: accuracy at equal measured latency", ""]
+        lines += [
+            "## Fashion-MNIST: accuracy at equal measured latency",
+            "",
+            f"Plans chosen from the trained dense resnet18 ({fm['dense_run']}, test top-1 "
+            f"{fm['dense_top1']:.2f}%), timed at 1x28x28.",
+            "",
+        ]
         lines += _section(fm["plans"])
+        lines += [
+            "Test top-1 right after decomposition, no fine-tuning: "
+            + ", ".join(f"{k} {v:.2f}%" for k, v in fm["top1_no_finetune"].items())
+            + ".",
+            "",
+        ]
         runs = fm.get("training", {})
         if runs:
             lines += [
-                "| run | plan | epochs | seed | top-1 decomposed (%) | top-1 before "
-                "decomposition (%) | MACs reduction | decomposed at the planned ranks |",
-                "|---|---|---:|---:|---:|---:|---:|---|",
+                "Fine-tuned from the dense weights with the recipe (`--pretrained`, "
+                "`--rank-plan`, `--energy 1.0`: TRP projects onto exactly the planned ranks):",
+                "",
+                "| plan | kept energy | epochs | lr | top-1 no fine-tuning (%) | top-1 fine-tuned, "
+                "decomposed (%) | MACs reduction | decomposed at the planned ranks |",
+                "|---|---:|---:|---:|---:|---:|---:|---|",
             ]
-            for name, r in runs.items():
+            for r in runs.values():
                 lines.append(
-                    f"| {name} | {r['plan']} | {r['epochs']} | {r['seed']} | "
-                    f"{r['top1_decomposed']:.2f} | {r['top1_before_decomposition']:.2f} | "
+                    f"| {r['plan']} | {r['plan_kept_energy']:.3f} | {r['epochs']} | {r['lr']} | "
+                    f"{r['top1_no_finetune']:.2f} | {r['top1_decomposed']:.2f} | "
                     f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
                 )
             lines.append("")
@@ -396,7 +465,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--macs-reduction", type=float, default=2.2)
     parser.add_argument("--fmnist-batch", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--dense-run", type=Path, default=ROOT / "runs/fashion_mnist_table/dense_ep5"
+    )
+    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument(
+        "--train-plans", nargs="+", default=["energy_pad16", "latency_aware"], help="plans to tune"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
