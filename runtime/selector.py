@@ -166,10 +166,14 @@ def _knapsack(
         best = new
         picks.append(pick)
     if not np.isfinite(best[k]):
-        raise ValueError(
-            f"the savings, rounded down to steps of {step:.4g}, fall short of the budget; "
-            "raise the resolution"
-        )
+        # Rounding down lost up to a step per layer: the budget is within that of the most
+        # the options save (``select_ranks`` checked it is reachable), and only selections
+        # that close to the most saving meet it. Take the most saving option of every layer.
+        most: list[Option | None] = []
+        for lo, options in zip(layers, useful, strict=True):
+            savings = [lo.saving(o, budget) for o in options]
+            most.append(options[int(np.argmax(savings))] if options else None)
+        return most
     chosen: list[Option | None] = [None] * len(layers)
     state = k
     for i in range(len(layers) - 1, -1, -1):
