@@ -14,6 +14,7 @@ are the same for a layer's dense and factorized probes and cancel in those savin
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -230,9 +231,11 @@ class Planner:
     def _reach(self, budget: Budget) -> str:
         best = max_saving(self.options, budget)
         total = self.dense_ms if budget == "latency" else self.dense_macs
+        # rounded up, so that asking for the fraction shown is within reach
+        lowest = math.ceil((total - best) / total * 100) / 100
         return (
             f"With these candidate ranks the {budget} can go down to about "
-            f"{(total - best) / total:.2f} of the dense model; ask for that or more"
+            f"{lowest:.2f} of the dense model; ask for that or more"
         )
 
     def _result(self, sel: Selection, budget: Budget, fraction: float) -> RankPlan:
