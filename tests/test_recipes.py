@@ -14,7 +14,10 @@ import pytest
 import timm
 import torch
 
+import trp_zoo
+from runtime.costs import Target
 from tests.fakedata import write_cifar10, write_fashion_mnist, write_image_folder
+from tests.runtime_models import seed_cost_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -88,6 +91,41 @@ def test_fashion_mnist_recipe_end_to_end(fmnist: Path, tmp_path: Path) -> None:
     assert json.loads(child.stdout) == low["rank_plan"]
     info = json.loads((saved / "results.json").read_text())
     assert info["metrics"]["top1"] == pytest.approx(low["top1"])
+
+
+def test_target_latency_caps_the_ranks_by_a_plan_for_the_target(
+    fmnist: Path, tmp_path: Path
+) -> None:
+    # synthetic costs of the recipe's model on the target, in the cost cache the recipe reads
+    # ($TRP_ZOO_HOME/costs): the plan is deterministic and nothing is timed
+    model = timm.create_model("resnet18", num_classes=10, in_chans=1)
+    seeded = seed_cost_cache(model, Target(batch_size=2, input_size=(1, 28, 28), threads=1))
+    out = tmp_path / "run"
+    args = ["--data-dir", str(fmnist), "--output-dir", str(out), "--limit-train-batches", "2"]
+    run(
+        "fashion_mnist_resnet18.py",
+        *args,
+        "--target-latency",
+        "0.8",
+        "--target-batch-size",
+        "2",
+        "--period",
+        "1",
+        *QUICK,
+    )
+    chosen = json.loads((out / "target_plan.json").read_text())
+    res = results(out)
+    assert res["target_plan"] == chosen
+    plan = chosen["plan"]
+    assert plan and chosen["predicted"]["latency_fraction"] <= 0.8
+    assert chosen["budget"] == {"kind": "latency", "fraction": 0.8}
+    # the costs came from the cache
+    measured = {n: c.dense_ms for n, c in seeded.items() if c.rank_ms}
+    assert {r["name"]: r["dense_ms"] for r in chosen["layers"]} == measured
+    # TRP trained the planned layers only, each at most at its planned rank
+    low = res["decomposed"]["rank_plan"]
+    assert set(low) == set(plan) and all(low[n] <= plan[n] for n in plan)
+    assert trp_zoo.rank_plan(trp_zoo.load(str(out / "model"))) == low
 
 
 def test_cifar10_recipes(tmp_path: Path) -> None:
