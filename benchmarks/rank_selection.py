@@ -8,7 +8,8 @@ Two ways to pick per-layer ranks for the channel scheme:
   multiples of 16 (what ``python -m runtime.build_engine`` deploys by default; same
   function, so same accuracy);
 - *latency-aware* (``runtime.planner``): per-layer cost tables measured on the target,
-  ranks chosen from the measured multiples to keep the most energy within a budget.
+  ranks chosen from the measured multiples to keep the most energy within a budget, with
+  a predicted speed-up of at least the plan's MACs reduction (``min_quotient=1.0``).
 
 Stages (each updates its part of ``benchmarks/results/rank_selection.{json,md}``):
 
@@ -56,6 +57,7 @@ from runtime.io import atomic_write_text
 from runtime.planner import Planner
 from runtime.rank_plans import padded_plan
 from runtime.report import environment
+from runtime.selector import max_saving
 from trp_zoo import decompose
 from trp_zoo.fileio import write_json
 
@@ -81,6 +83,17 @@ def energy_for_macs(planner: Planner, fraction: float) -> tuple[float, dict[str,
         else:
             hi = mid
     return lo, planner.energy_plan(lo)
+
+
+def _select_latency(planner: Planner, fraction: float) -> Any:
+    """The latency-aware plan for ``fraction`` of the dense latency, or for the lowest
+    fraction its measured ranks reach when ``fraction`` is out of reach."""
+    fraction = min(fraction, 1.0)
+    try:
+        return planner.select(latency=fraction)
+    except ValueError:
+        best = max_saving(planner.options, "latency")
+        return planner.select(latency=1.001 - best / planner.dense_ms)
 
 
 def describe(
@@ -156,7 +169,7 @@ def compare(
     fraction = best["latency_fraction"]
     attempts = []
     for _ in range(2):
-        la = planner.select(latency=min(fraction, 1.0))
+        la = _select_latency(planner, fraction)
         log(f"round 2: latency-aware at latency fraction {fraction:.3f} vs {best['plan']}")
         pair_plans = {best["plan"]: plans[best["plan"]], "latency_aware_equal_latency": la.plan}
         stats = planner.measure(pair_plans, runs=runs, warmup=warmup)
@@ -170,7 +183,8 @@ def compare(
         ratio = pair[1]["latency_fraction"] / pair[0]["latency_fraction"]
         if abs(ratio - 1.0) <= TOLERANCE:
             break
-        fraction = fraction / ratio  # one correction by the measured miss
+        # one correction by the measured miss, bounded: one noisy run must not swing it far
+        fraction = fraction / min(max(ratio, 0.85), 1.15)
     return {
         "arch": arch,
         "input_size": list(input_size),

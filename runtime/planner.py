@@ -33,6 +33,7 @@ from .selector import (
     Budget,
     LayerOptions,
     Option,
+    Proportionality,
     Selection,
     energy_threshold_plan,
     layer_energy,
@@ -68,6 +69,13 @@ class RankPlan:
     planned_macs: int
     mean_energy: float
     layers: list[dict[str, Any]] = field(default_factory=list)
+    min_quotient: float | None = None  # asked-for speed-up / MACs reduction, if any
+    proportional: bool = True  # min_quotient met (as predicted)
+
+    @property
+    def predicted_quotient(self) -> float:
+        """Predicted speed-up over the MACs reduction."""
+        return (self.dense_ms / self.predicted_ms) / (self.dense_macs / self.planned_macs)
 
     @property
     def predicted_fraction(self) -> float:
@@ -88,6 +96,9 @@ class RankPlan:
                 "dense_ms": self.dense_ms,
                 "planned_ms": self.predicted_ms,
                 "latency_fraction": self.predicted_fraction,
+                "speedup_over_macs_reduction": self.predicted_quotient,
+                "min_quotient": self.min_quotient,
+                "min_quotient_met": self.proportional,
             },
             "macs": {
                 "dense": self.dense_macs,
@@ -208,9 +219,29 @@ class Planner:
         return energy_threshold_plan(self.spectra, geoms, self.scheme, energy)
 
     def select(
-        self, *, latency: float | None = None, macs: float | None = None, resolution: int = 4000
+        self,
+        *,
+        latency: float | None = None,
+        macs: float | None = None,
+        min_quotient: float | None = 1.0,
+        resolution: int = 4000,
     ) -> RankPlan:
-        """The plan for a budget: ``latency`` or ``macs`` as a fraction of the dense model."""
+        """The plan for a budget: ``latency`` or ``macs`` as a fraction of the dense model.
+
+        ``min_quotient``: the predicted speed-up must be at least this multiple of the MACs
+        reduction (``selector.Proportionality``; ``None`` or 0: no such constraint). Where
+        the budget cannot be met that way, the plan closest to it is returned with
+        ``RankPlan.proportional`` False.
+        """
+        if min_quotient is not None and not (
+            isinstance(min_quotient, (int, float)) and 0 <= min_quotient <= 4
+        ):
+            raise ValueError(f"min_quotient must be a number in [0, 4], got {min_quotient!r}")
+        prop = (
+            Proportionality(self.dense_ms, self.dense_macs, float(min_quotient))
+            if min_quotient
+            else None
+        )
         if (latency is None) == (macs is None):
             raise ValueError("give exactly one budget: a latency fraction or a MACs fraction")
         budget: Budget
@@ -221,12 +252,14 @@ class Planner:
             budget, fraction = "macs", check_fraction(macs, "MACs")
             required = (1.0 - fraction) * self.dense_macs
         try:
-            sel = select_ranks(self.options, budget, required, resolution=resolution)
+            sel = select_ranks(
+                self.options, budget, required, resolution=resolution, proportionality=prop
+            )
         except ValueError as err:
             raise ValueError(
                 f"{budget} fraction {fraction} is out of reach: {err}. {self._reach(budget)}"
             ) from None
-        return self._result(sel, budget, fraction)
+        return self._result(sel, budget, fraction, min_quotient or None)
 
     def _reach(self, budget: Budget) -> str:
         best = max_saving(self.options, budget)
@@ -238,7 +271,9 @@ class Planner:
             f"{lowest:.2f} of the dense model; ask for that or more"
         )
 
-    def _result(self, sel: Selection, budget: Budget, fraction: float) -> RankPlan:
+    def _result(
+        self, sel: Selection, budget: Budget, fraction: float, min_quotient: float | None
+    ) -> RankPlan:
         layers = []
         for lo in self.options:
             lc = self.table.layers[lo.name]
@@ -268,6 +303,8 @@ class Planner:
             planned_macs=self.dense_macs - sel.macs_saving,
             mean_energy=self.mean_energy(sel.plan),
             layers=layers,
+            min_quotient=min_quotient,
+            proportional=sel.proportional,
         )
 
 
@@ -278,6 +315,7 @@ def plan_ranks(
     latency: float | None = None,
     macs: float | None = None,
     scheme: str = "channel",
+    min_quotient: float | None = 1.0,
     cache_dir: str | os.PathLike[str] | None = None,
     **planner_options: Any,
 ) -> RankPlan:
@@ -287,7 +325,7 @@ def plan_ranks(
     if macs is not None:
         check_fraction(macs, "MACs")
     planner = Planner(model, target, scheme, cache=CostCache(cache_dir), **planner_options)
-    return planner.select(latency=latency, macs=macs)
+    return planner.select(latency=latency, macs=macs, min_quotient=min_quotient)
 
 
 def measure_plans(

@@ -30,6 +30,7 @@ how much to cut, and the hardware still decides which ranks are worth having.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -80,6 +81,33 @@ class LayerOptions:
 
 
 @dataclass(frozen=True)
+class Proportionality:
+    """Asks a plan to turn its MACs reduction into at least ``quotient`` times as much
+    speed-up, as the cost table predicts it for the whole model (``dense_ms``, ``dense_macs``).
+
+    With savings ``dt_i`` (ms) and ``dm_i`` (MACs), the predicted speed-up over the MACs
+    reduction is ``(T / (T - sum dt)) / (M / (M - sum dm))``; it is at least ``q`` exactly
+    when ``sum_i (q dt_i / T - dm_i / M) >= q - 1``: a linear constraint, one term per layer
+    (``excess``). A layer whose saved MACs save time at the model's average rate or better
+    adds to it; thin 1x1 factorizations that the hardware runs slowly take from it.
+    """
+
+    dense_ms: float
+    dense_macs: int
+    quotient: float = 1.0
+
+    def excess(self, layer: LayerOptions, option: Option) -> float:
+        return (
+            self.quotient * layer.saving(option, "latency") / self.dense_ms
+            - layer.saving(option, "macs") / self.dense_macs
+        )
+
+    def predicted_quotient(self, latency_saving_ms: float, macs_saving: float) -> float:
+        speedup = self.dense_ms / (self.dense_ms - latency_saving_ms)
+        return speedup / (self.dense_macs / (self.dense_macs - macs_saving))
+
+
+@dataclass(frozen=True)
 class Selection:
     """The chosen ranks and what they save (dense layers are absent from ``plan``)."""
 
@@ -89,6 +117,7 @@ class Selection:
     latency_saving_ms: float
     macs_saving: int
     energy: dict[str, float]  # kept energy of every candidate layer (1.0 when dense)
+    proportional: bool = True  # the Proportionality asked for (if any) is met
 
     @property
     def mean_energy(self) -> float:
@@ -106,10 +135,13 @@ def select_ranks(
     required_saving: float,
     *,
     resolution: int = 4000,
+    proportionality: Proportionality | None = None,
 ) -> Selection:
     """Options maximizing the total kept energy with a saving of at least ``required_saving``.
 
-    ``budget`` says what the saving is measured in: ``latency`` (ms) or ``macs``. Raises
+    ``budget`` says what the saving is measured in: ``latency`` (ms) or ``macs``. With
+    ``proportionality``, the plan must also turn its MACs reduction into at least that
+    much speed-up (predicted); ``Selection.proportional`` says whether it could. Raises
     ``ValueError`` when even the cheapest options do not save enough.
     """
     if budget not in ("latency", "macs"):
@@ -118,6 +150,7 @@ def select_ranks(
         raise ValueError(f"resolution must be >= 1, got {resolution}")
     useful = [lo.useful() for lo in layers]
     chosen: list[Option | None] = [None] * len(layers)
+    met = True
     if required_saving > 0:
         reachable = max_saving(layers, budget)
         if reachable < required_saving:
@@ -127,6 +160,10 @@ def select_ranks(
                 "the budget needs"
             )
         chosen = _knapsack(layers, useful, budget, required_saving, resolution)
+        if proportionality is not None:
+            chosen, met = _proportional(
+                layers, useful, budget, required_saving, resolution, proportionality, chosen
+            )
     plan, energy = {}, {}
     latency = macs = 0.0
     for lo, option in zip(layers, chosen, strict=True):
@@ -135,7 +172,50 @@ def select_ranks(
             plan[lo.name] = option.rank
             latency += lo.saving(option, "latency")
             macs += lo.saving(option, "macs")
-    return Selection(plan, budget, float(required_saving), latency, int(macs), energy)
+    return Selection(plan, budget, float(required_saving), latency, int(macs), energy, met)
+
+
+def _excess(
+    layers: Sequence[LayerOptions], chosen: Sequence[Option | None], prop: Proportionality
+) -> float:
+    return sum(prop.excess(lo, o) for lo, o in zip(layers, chosen, strict=True) if o is not None)
+
+
+def _proportional(
+    layers: Sequence[LayerOptions],
+    useful: Sequence[tuple[Option, ...]],
+    budget: Budget,
+    required: float,
+    k: int,
+    prop: Proportionality,
+    chosen: list[Option | None],
+) -> tuple[list[Option | None], bool]:
+    """The most energy within the budget that also meets ``prop`` (Lagrangian relaxation).
+
+    Each option's energy loss is lowered by ``lam * excess`` and the knapsack solved again;
+    the excess of the optimum grows with ``lam``, so ``lam`` is bisected (on a log scale)
+    to the smallest value that meets the constraint. Where no ``lam`` meets it, the
+    selection with the largest excess is returned and flagged.
+    """
+    need = prop.quotient - 1.0
+    if _excess(layers, chosen, prop) >= need:
+        return chosen, True
+    lo_lam, hi_lam = 0.0, 1.0
+    while True:
+        hi_pick = _knapsack(layers, useful, budget, required, k, prop, hi_lam)
+        if _excess(layers, hi_pick, prop) >= need:
+            break
+        if hi_lam >= 1e8:
+            return hi_pick, False
+        lo_lam, hi_lam = hi_lam, hi_lam * 8
+    for _ in range(16):
+        mid = (lo_lam + hi_lam) / 2 if lo_lam == 0.0 else math.sqrt(lo_lam * hi_lam)
+        pick = _knapsack(layers, useful, budget, required, k, prop, mid)
+        if _excess(layers, pick, prop) >= need:
+            hi_lam, hi_pick = mid, pick
+        else:
+            lo_lam = mid
+    return hi_pick, True
 
 
 def _knapsack(
@@ -144,8 +224,16 @@ def _knapsack(
     budget: Budget,
     required: float,
     k: int,
+    prop: Proportionality | None = None,
+    lam: float = 0.0,
 ) -> list[Option | None]:
-    """Multiple-choice knapsack by dynamic programming over ``k`` saving steps."""
+    """Multiple-choice knapsack by dynamic programming over ``k`` saving steps; each
+    option costs its energy loss, less ``lam`` times its excess under ``prop``."""
+
+    def loss_of(lo: LayerOptions, option: Option) -> float:
+        loss = 1.0 - option.energy
+        return loss - lam * prop.excess(lo, option) if prop is not None and lam else loss
+
     step = required / k
     inf = np.inf
     best = np.full(k + 1, inf)
@@ -157,7 +245,7 @@ def _knapsack(
         new, pick = best.copy(), np.full(k + 1, -1, dtype=np.int32)
         for j, option in enumerate(options):
             q = min(int(lo.saving(option, budget) / step), k)
-            loss = 1.0 - option.energy
+            loss = loss_of(lo, option)
             shifted = np.full(k + 1, inf)
             shifted[q:k] = best[: k - q] + loss
             shifted[k] = best[k - q :].min() + loss
@@ -186,7 +274,7 @@ def _knapsack(
         if state < k:
             state -= q
         else:  # any earlier state at or above k - q led here: take the best of them
-            state = k - q + int(np.argmin(tables[i][k - q :] + (1.0 - option.energy)))
+            state = k - q + int(np.argmin(tables[i][k - q :] + loss_of(layers[i], option)))
     return chosen
 
 
