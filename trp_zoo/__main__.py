@@ -328,8 +328,15 @@ def _print_plan(name: str, result: Any, weights: str, cache: str) -> None:
     )
     print(
         f"predicted latency: {result.predicted_ms:.2f} ms per batch of {t['batch_size']} "
-        f"({result.predicted_fraction:.3f} of the dense model's {result.dense_ms:.2f} ms)"
+        f"({result.predicted_fraction:.3f} of the dense model's {result.dense_ms:.2f} ms; "
+        f"{result.predicted_quotient:.2f} of the MACs reduction realized)"
     )
+    if not result.proportional:
+        print(
+            f"note: no plan within this budget is predicted to realize {result.min_quotient} of "
+            "its MACs reduction as speed-up; this is the closest (relax --min-quotient or the "
+            "budget)"
+        )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -365,7 +372,9 @@ def run_plan(args: argparse.Namespace) -> int:
             runs=args.runs,
             progress=progress,
         )
-        result = planner.select(latency=args.latency, macs=args.macs)
+        result = planner.select(
+            latency=args.latency, macs=args.macs, min_quotient=args.min_quotient
+        )
         name = args.checkpoint or args.model
         timed = len(planner.table.measured)
         from_cache = len(planner.table.reused)
@@ -428,6 +437,12 @@ def add_plan(sub: Subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (0: all CPUs)")
     p.add_argument("--rank-step", type=int, default=8, help="candidate ranks: multiples of this")
     p.add_argument("--max-candidates", type=int, default=32, help="ranks timed per layer, at most")
+    p.add_argument(
+        "--min-quotient",
+        type=float,
+        default=1.0,
+        help="predicted speed-up over MACs reduction the plan must reach (0: no constraint)",
+    )
     p.add_argument("--runs", type=int, default=15, help="timed runs per engine")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per engine")
     p.add_argument("--cache-dir", metavar="DIR", help="cost tables (default $TRP_ZOO_HOME/costs)")
