@@ -36,6 +36,7 @@ from runtime.planner import Planner, check_fraction, plan_ranks
 from runtime.selector import (
     LayerOptions,
     Option,
+    Proportionality,
     energy_threshold_plan,
     layer_energy,
     max_saving,
@@ -372,6 +373,56 @@ def test_the_selection_is_optimal_among_all_combinations(seed: int) -> None:
         if saving >= required * 1.001:  # a margin for the selector's rounding of savings
             best = max(best, sum(1.0 if o is None else o.energy for o in combo))
     assert sum(sel.energy.values()) >= best - 1e-9
+
+
+def macs_layer(name: str, options: dict[int, tuple[float, int, float]]) -> LayerOptions:
+    """Options ``{rank: (latency ms, MACs, kept energy)}``; dense: 1 ms, 1000 MACs."""
+    return LayerOptions(
+        name=name,
+        dense_ms=1.0,
+        dense_macs=1000,
+        options=tuple(Option(r, ms, m, e) for r, (ms, m, e) in options.items()),
+    )
+
+
+def test_proportionality_turns_saved_macs_into_speed() -> None:
+    # "thin" saves MACs the hardware barely turns into time; "fat" the other way round
+    thin = macs_layer("thin", {8: (0.8, 300, 0.9)})
+    fat = macs_layer("fat", {8: (0.2, 300, 0.7)})
+    prop = Proportionality(dense_ms=2.0, dense_macs=2000)
+    # a MACs budget of 30%: the most energy is to cut only "thin"; its speed-up (1.11x) is
+    # well short of its MACs reduction (1.54x)
+    free = select_ranks([thin, fat], "macs", 600)
+    assert free.plan == {"thin": 8}
+    assert prop.predicted_quotient(free.latency_saving_ms, free.macs_saving) < 0.8
+    held = select_ranks([thin, fat], "macs", 600, proportionality=prop)
+    assert held.plan == {"fat": 8} and held.proportional
+    assert prop.predicted_quotient(held.latency_saving_ms, held.macs_saving) >= 1.0
+    # a stricter quotient than any plan reaches: the closest plan, flagged
+    strict = Proportionality(dense_ms=2.0, dense_macs=2000, quotient=1.5)
+    best = select_ranks([thin, fat], "macs", 600, proportionality=strict)
+    assert not best.proportional and best.plan == {"fat": 8}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_proportional_plans_meet_budget_and_quotient(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(6):
+        ranks = (8, 16, 24)
+        options = {
+            r: (float(rng.uniform(0.2, 0.9)), int(rng.uniform(100, 900)), float(e))
+            for r, e in zip(ranks, np.sort(rng.uniform(0.3, 1.0, 3)), strict=True)
+        }
+        layers.append(macs_layer(f"l{i}", options))
+    prop = Proportionality(dense_ms=7.0, dense_macs=7000)
+    required = 0.4 * max_saving(layers, "latency")
+    free = select_ranks(layers, "latency", required)
+    held = select_ranks(layers, "latency", required, proportionality=prop)
+    assert held.latency_saving_ms >= required
+    if held.proportional:
+        assert prop.predicted_quotient(held.latency_saving_ms, held.macs_saving) >= 1.0 - 1e-9
+    assert sum(held.energy.values()) <= sum(free.energy.values()) + 1e-9  # a constraint costs
 
 
 def test_a_budget_equal_to_the_most_the_ranks_save_is_met() -> None:
