@@ -226,7 +226,11 @@ def save_results(path: Path, result: dict[str, Any]) -> None:
 
 
 def stage_latency(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    rows = []
+    # rows of other models / batch sizes from earlier calls are kept
+    done = {(a, b) for a in args.archs for b in args.batches}
+    rows = [
+        r for r in result.get("latency", {}).get("rows", []) if (r["arch"], r["batch"]) not in done
+    ]
     for arch in args.archs:
         for batch in args.batches:
             rows.append(
