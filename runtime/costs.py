@@ -52,6 +52,7 @@ from .build import build_engine_file
 from .engine import Engine
 from .export import DEFAULT_OPSET, export_onnx
 from .latency import LatencyStats, measure_interleaved
+from .shapes import conv_shapes
 from .spec import PRECISIONS, BuildOptions, check_input_size
 
 FORMAT_VERSION = 1
@@ -513,25 +514,7 @@ def conv_input_sizes(
     model: nn.Module, names: Iterable[str], input_size: Sequence[int]
 ) -> dict[str, tuple[int, int]]:
     """Input height and width of each named conv for one image of ``input_size``."""
-    modules = dict(model.named_modules())
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [
-        modules[name].register_forward_pre_hook(
-            lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
-        )
-        for name in names
-    ]
-    was_training = model.training
-    try:
-        param = next(model.parameters(), None)
-        x = torch.zeros(1, *input_size, device=param.device if param is not None else "cpu")
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return sizes
+    return {name: hw for name, (hw, _) in conv_shapes(model, names, input_size).items()}
 
 
 def layer_probes(

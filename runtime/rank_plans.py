@@ -23,26 +23,7 @@ from trp_zoo.modules import set_submodule
 from trp_zoo.schemes import Scheme
 from trp_zoo.targets import Patterns, select_targets
 
-
-def _output_pixels(
-    model: nn.Module, convs: dict[str, nn.Conv2d], input_size: Sequence[int]
-) -> dict[str, int]:
-    pixels: dict[str, int] = {}
-    hooks = [
-        conv.register_forward_hook(
-            lambda _m, _i, out, name=name: pixels.__setitem__(name, out.shape[-1] * out.shape[-2])
-        )
-        for name, conv in convs.items()
-    ]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return pixels
+from .shapes import conv_shapes
 
 
 def aligned_rank_plan(
@@ -70,7 +51,7 @@ def aligned_rank_plan(
     if sch.name == "spatial":
         convs = {n: c for n, c in convs.items() if min(ConvGeometry.of(c).kernel_size) > 1}
     geoms = {n: ConvGeometry.of(c) for n, c in convs.items()}
-    pixels = _output_pixels(model, convs, input_size)
+    pixels = {n: h * w for n, (_, (h, w)) in conv_shapes(model, convs, input_size).items()}
     dense_total = trp_zoo.count_flops(model, input_size)
 
     def saving(name: str, rank: int) -> int:
