@@ -14,7 +14,6 @@ import timm
 import torch
 
 from .. import __version__
-from ..checkpoint import save_pretrained
 from ..convs import ConvGeometry
 from ..decompose import decompose
 from ..errors import ZooError
@@ -22,6 +21,7 @@ from ..fileio import write_json
 from ..flops import compare_cost
 from ..publish import publish
 from ..registry import get_entry
+from ..saving import save_pretrained
 from ..schemes import get_scheme
 from .config import TrainConfig
 from .engine import Trainer
