@@ -85,7 +85,9 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         results["initial_top1"] = trainer.state.initial_top1
     plan_all: dict[str, int] = {}
     if trainer.trp is not None:
-        plan_all = trainer.trp.project()
+        # TRP: keep the ranks training reached; nuclear norm only: the energy criterion
+        reached = trainer.trp.ranks if trainer.trp.projecting else None
+        plan_all = trainer.trp.project(reached or None)
         results["training"]["trp_projection_seconds"] = trainer.trp.projection_seconds
         results["training"]["trp_projection_share"] = trainer.trp.projection_seconds / max(
             results["training"]["seconds"], 1e-9
