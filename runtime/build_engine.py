@@ -100,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
         "extra MACs (1 keeps the model's ranks)",
     )
     p.add_argument("--force", action="store_true", help="rebuild engines even when up to date")
+    p.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="do not write the measured speed-ups into the checkpoint's results and model card "
+        "(only local checkpoint directories and models trained here are ever written)",
+    )
     gates = p.add_argument_group("gates (exit status 1 when one fails)")
     gates.add_argument(
         "--max-abs-diff",
@@ -153,6 +160,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             min_speedup=args.min_speedup,
         ),
         progress=sys.stderr.isatty(),
+        record=args.record,
     )
 
 

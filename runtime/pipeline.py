@@ -54,6 +54,7 @@ class RunConfig:
     force: bool = False
     gates: Gates = field(default_factory=Gates)
     progress: bool = False
+    record: bool = True  # write the speed-ups into the checkpoint (local directories only)
 
 
 def _model_summary(
@@ -248,8 +249,36 @@ def build_and_check(
     gates = evaluate_gates(report, config.gates)
     report["gates"] = [asdict(g) for g in gates]
     report["passed"] = all(g.passed for g in gates)
+    if config.record and info.get("origin") in ("directory", "local-store"):
+        report["recorded_in"] = str(_record_speedups(Path(info["location"]), report))
     write_report(out, report)
     return report
+
+
+def _record_speedups(checkpoint: Path, report: Mapping[str, Any]) -> Path:
+    """Add the measured speed-ups to a local checkpoint's results and model card."""
+    backend = report["backend"]
+    device = backend["device"]
+    if backend["name"] == "onnxruntime":
+        device = f"{device}, {backend['threads']} threads"
+    return trp_zoo.record_speedups(
+        checkpoint,
+        [
+            {
+                "value": round(b["speedup"], 3),
+                "backend": f"{backend['name']} {backend['version']}",
+                "device": device,
+                "batch_size": b["batch"],
+                "precision": backend["precision"],
+                "dense_latency_ms": round(b["dense"]["p50_ms"], 3),
+                "latency_ms": round(b["factorized"]["p50_ms"], 3),
+                "macs_reduction": round(b["macs_reduction"], 3),
+                "command": "python -m runtime.build_engine",
+                "date": report["created"][:10],
+            }
+            for b in report["latency"]["batches"]
+        ],
+    )
 
 
 def _accuracy(

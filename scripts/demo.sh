@@ -11,3 +11,8 @@ VENV=${VENV:-.venv}
 EPOCHS=${EPOCHS:-5}
 OUT=${OUT:-runs/demo}
 "$VENV/bin/python" recipes/fashion_mnist_resnet18.py --epochs "$EPOCHS" --output-dir "$OUT/train" --resume
+# the saved model now loads by name, offline; show it in the zoo listing
+"$VENV/bin/python" -m trp_zoo list
+# engines for the factorized model and its dense counterpart, with accuracy and speed gates
+"$VENV/bin/python" -m runtime.build_engine resnet18_trp_ch_fmnist --output "$OUT/engine" \
+  --batch-sizes 1,32 --runs 30 --max-abs-diff 1e-3 --min-top1-agreement 0.99 --max-top1-drop 0.5

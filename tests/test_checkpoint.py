@@ -176,7 +176,7 @@ def test_failed_save_keeps_the_previous_checkpoint(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("trp_zoo.checkpoint.write_weights", disk_full)
+    monkeypatch.setattr("trp_zoo.saving.write_weights", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_tiny(path, tiny_factorized(seed=1))
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,23 +21,26 @@ from tests.fakedata import write_cifar10, write_fashion_mnist, write_image_folde
 from tests.runtime_models import seed_cost_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "8",
-    "--eval-batch-size",
-    "16",
-    "--no-progress",
-    "--workers",
-    "0",
-]
+QUICK = "--epochs 1 --batch-size 8 --eval-batch-size 16 --no-progress --workers 0"
+ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run(script: str, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "recipes" / script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, **kw)
+def recipe_cmd(script: str, args: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *launcher, str(ROOT / "recipes" / script), *shlex.split(args)]
+
+
+def run(
+    script: str, args: str, check: bool = True, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run a recipe as a user would; ``args`` is its command line."""
+    proc = subprocess.run(
+        recipe_cmd(script, args, launcher),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -55,15 +59,7 @@ def test_fashion_mnist_recipe_end_to_end(fmnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run(
         "fashion_mnist_resnet18.py",
-        "--data-dir",
-        str(fmnist),
-        "--output-dir",
-        str(out),
-        "--period",
-        "2",
-        "--energy",
-        "0.8",
-        *QUICK,
+        f"--data-dir {fmnist} --output-dir {out} --period 2 --energy 0.8 {QUICK}",
     )
     res = results(out)
     assert res["training"]["optimizer_steps"] == 12  # 96 images / batch 8
@@ -134,19 +130,8 @@ def test_cifar10_recipes(tmp_path: Path) -> None:
         out = tmp_path / script
         run(
             script,
-            "--data-dir",
-            str(data.parent),
-            "--output-dir",
-            str(out),
-            "--scheme",
-            scheme,
-            "--limit-train-batches",
-            "3",
-            "--period",
-            "1",
-            "--energy",
-            "0.6",
-            *QUICK,
+            f"--data-dir {data.parent} --output-dir {out} --scheme {scheme} "
+            f"--limit-train-batches 3 --period 1 --energy 0.6 {QUICK}",
         )
         res = results(out)
         assert res["config"]["model"].startswith("cifar_resnet")
@@ -162,33 +147,18 @@ def test_imagenet_recipes_from_dense_weights(tmp_path: Path) -> None:
     out = tmp_path / "r18"
     run(
         "imagenet_resnet18.py",
-        "--data-dir",
-        str(data),
-        "--output-dir",
-        str(out),
-        "--pretrained",
-        str(weights),
-        "--limit-val-batches",
-        "1",
-        *QUICK,
+        f"--data-dir {data} --output-dir {out} --pretrained {weights} "
+        f"--limit-val-batches 1 {QUICK}",
     )
     res = results(out)
     assert res["data"]["input_size"] == [3, 224, 224]
     assert res["config"]["pretrained"] == str(weights)
+    assert 0.0 <= res["initial_top1"] <= 100.0  # the starting dense model was evaluated
     out50 = tmp_path / "r50"
     run(
         "imagenet_resnet50.py",
-        "--data-dir",
-        str(data),
-        "--output-dir",
-        str(out50),
-        "--pretrained",
-        "none",
-        "--limit-train-batches",
-        "1",
-        "--limit-val-batches",
-        "1",
-        *QUICK,
+        f"--data-dir {data} --output-dir {out50} --pretrained none "
+        f"--limit-train-batches 1 --limit-val-batches 1 {QUICK}",
     )
     assert results(out50)["decomposed"]["rank_plan"]
 
@@ -202,16 +172,8 @@ def test_imagenet_recipes_from_dense_weights(tmp_path: Path) -> None:
     ],
 )
 def test_missing_data_dir_names_the_layout(script: str, expected: str, tmp_path: Path) -> None:
-    proc = run(
-        script,
-        "--data-dir",
-        str(tmp_path / "nowhere"),
-        "--pretrained",
-        "none",
-        "--output-dir",
-        str(tmp_path / "o"),
-        check=False,
-    )
+    args = f"--data-dir {tmp_path / 'nowhere'} --pretrained none --output-dir {tmp_path / 'o'}"
+    proc = run(script, args, check=False)
     assert proc.returncode != 0
     assert expected in proc.stderr and "Traceback" not in proc.stderr
 
@@ -219,101 +181,60 @@ def test_missing_data_dir_names_the_layout(script: str, expected: str, tmp_path:
 def test_bad_pretrained_file_is_a_clear_error(fmnist: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    proc = run(
-        "fashion_mnist_resnet18.py",
-        "--data-dir",
-        str(fmnist),
-        "--pretrained",
-        str(bad),
-        "--output-dir",
-        str(tmp_path / "o"),
-        *QUICK,
-        check=False,
-    )
+    args = f"--data-dir {fmnist} --pretrained {bad} --output-dir {tmp_path / 'o'} {QUICK}"
+    proc = run("fashion_mnist_resnet18.py", args, check=False)
     assert proc.returncode != 0 and "--pretrained" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_nothing_to_decompose_is_reported_not_saved(fmnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["--data-dir", str(fmnist), "--output-dir", str(out), "--energy", "1.0"]
-    proc = run("fashion_mnist_resnet18.py", *args, "--limit-train-batches", "2", *QUICK)
+    args = f"--data-dir {fmnist} --output-dir {out} --energy 1.0 --limit-train-batches 2 {QUICK}"
+    proc = run("fashion_mnist_resnet18.py", args)
     res = results(out)
     assert "decomposed" not in res and "nothing was decomposed" in res["note"]
     assert not (out / "model").exists() and "nothing was decomposed" in proc.stdout + proc.stderr
 
 
 def test_refuses_to_overwrite_a_run_without_resume(fmnist: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    args = [
-        "--data-dir",
-        str(fmnist),
-        "--output-dir",
-        str(out),
-        "--limit-train-batches",
-        "2",
-        *QUICK,
-    ]
-    run("fashion_mnist_resnet18.py", *args)
-    proc = run("fashion_mnist_resnet18.py", *args, check=False)
+    args = f"--data-dir {fmnist} --output-dir {tmp_path / 'run'} --limit-train-batches 2 {QUICK}"
+    run("fashion_mnist_resnet18.py", args)
+    proc = run("fashion_mnist_resnet18.py", args, check=False)
     assert proc.returncode != 0 and "--resume" in proc.stderr
 
 
-def _digest(out: Path) -> str:
-    return results(out)["weight_digests"][0]
-
-
 def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Path) -> None:
-    common = [
-        "--data-dir",
-        str(fmnist),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--period",
-        "3",
-        "--checkpoint-every",
-        "2",
-        "--no-progress",
-        "--seed",
-        "7",
-    ]
-    straight = tmp_path / "straight"
-    run("fashion_mnist_resnet18.py", *common, "--output-dir", str(straight))
+    common = (
+        f"--data-dir {fmnist} --epochs 2 --batch-size 8 --period 3 --checkpoint-every 2 "
+        "--no-progress --seed 7"
+    )
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run("fashion_mnist_resnet18.py", f"{common} --output-dir {straight}")
 
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "fashion_mnist_resnet18.py"),
-        *common,
-        "--output-dir",
-        str(killed),
-    ]
+    cmd = recipe_cmd("fashion_mnist_resnet18.py", f"{common} --output-dir {killed}")
+    env = {**os.environ, **ENV}
     proc = subprocess.Popen(
         cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + 300
     ckpts = killed / "checkpoints"
 
-    # kill -9 in the middle of the first epoch (12 steps per epoch), after step 6's checkpoint
-    def reached() -> bool:
+    def reached() -> bool:  # step 6's checkpoint: the middle of the first of two 12-step epochs
         return ckpts.is_dir() and any(
             p.name >= "step-000000006.pt" for p in ckpts.glob("step-*.pt")
         )
 
+    deadline = time.time() + 300
     while time.time() < deadline and not reached():
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9
     proc.wait()
-    assert not (killed / "results.json").exists()
+    assert reached() and not (killed / "results.json").exists()
     # a kill while writing leaves a temp file behind; a damaged newest file is skipped
-    (ckpts / ".step-000000099.pt.abc.tmp").write_bytes(b"partial")
-    newest = max(p for p in ckpts.iterdir() if p.name.startswith("step-"))
+    (ckpts / ".step-000000099.pt.tmp-0123abcd").write_bytes(b"partial")
+    newest = max(ckpts.glob("step-*.pt"))
     newest.write_bytes(newest.read_bytes()[:1000])
 
-    run("fashion_mnist_resnet18.py", *common, "--output-dir", str(killed), "--resume")
-    assert _digest(killed) == _digest(straight)
+    run("fashion_mnist_resnet18.py", f"{common} --output-dir {killed} --resume")
+    assert results(killed)["weight_digests"] == results(straight)["weight_digests"]
     history = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
     assert results(killed)["dense"]["top1"] == results(straight)["dense"]["top1"]
@@ -321,24 +242,9 @@ def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Pat
 
 def test_torchrun_two_processes_on_cpu(fmnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "recipes" / "fashion_mnist_resnet18.py"),
-        "--data-dir",
-        str(fmnist),
-        "--output-dir",
-        str(out),
-        "--period",
-        "2",
-        *QUICK,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    args = f"--data-dir {fmnist} --output-dir {out} --period 2 {QUICK}"
+    proc = run("fashion_mnist_resnet18.py", args, launcher=launcher)
     res = results(out)
     assert res["training"]["processes"] == 2
     assert res["training"]["optimizer_steps"] == 6  # 96 images / (2 ranks x 8)

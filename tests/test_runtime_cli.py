@@ -81,6 +81,14 @@ def test_cli_builds_checks_and_reports(first_run, checkpoint, capsys):
         assert row["realized_fraction"] == pytest.approx(row["speedup"] / row["macs_reduction"])
     assert report["cost"]["macs_reduction"] > 1.0
     assert report["export"]["factorized"]["conv_nodes"] > report["export"]["dense"]["conv_nodes"]
+    # the measured speed-ups went into the checkpoint's results and model card
+    assert report["recorded_in"] == str(checkpoint[0])
+    recorded = json.loads((checkpoint[0] / "results.json").read_text())["speedups"]
+    assert [s["batch_size"] for s in recorded] == [1, 4]
+    for row, entry in zip(report["latency"]["batches"], recorded, strict=True):
+        assert entry["value"] == pytest.approx(row["speedup"], rel=1e-2)
+        assert entry["backend"].startswith("onnxruntime") and "threads" in entry["device"]
+    assert "speed-up" in (checkpoint[0] / "README.md").read_text().lower()
 
 
 def test_cli_gates_fail_with_one_line_reasons(first_run, checkpoint, tmp_path, capsys):

@@ -289,3 +289,21 @@ def test_resume_at_a_period_step_does_not_project_twice() -> None:
     hook.detach()
     hook2.attach(opt)
     assert len(hook2.history) == 1  # no second projection of the restored weights
+
+
+def test_final_projection_keeps_the_ranks_training_reached() -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hook = TRP(model, "channel", energy=0.7, period=2).attach(opt)
+    for step in range(4):
+        opt.zero_grad()
+        backward(model, step)
+        opt.step()
+    reached = dict(hook.ranks)
+    assert hook.project(reached) == reached  # the energy criterion would cut further
+    for name in hook.targets:
+        assert matrix_rank(hook, name) == reached[name]
+    cut = hook.project()  # the criterion again: 70% of what is left
+    assert all(cut[n] <= reached[n] for n in reached) and any(cut[n] < reached[n] for n in reached)
+    with pytest.raises(ValueError, match="does not target"):
+        hook.project({"0": 3})

@@ -4,7 +4,6 @@ from . import (
     models,  # noqa: F401  (registers CIFAR ResNets with timm)
     timm_integration,  # registers the trp_factorized timm entrypoint
 )
-from .checkpoint import record_speedups, save_pretrained
 from .criteria import (
     EnergyThreshold,
     FixedRank,
@@ -29,6 +28,7 @@ from .flops import CostComparison, compare_cost, count_flops, count_params
 from .hub import load, model_info
 from .publish import Published, publish, push_to_hub
 from .registry import ZooEntry, get_entry, list_models
+from .saving import record_speedups, save_pretrained
 from .schemes import SCHEMES, get_scheme
 from .store import register_local
 from .trp import TRP

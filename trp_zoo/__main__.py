@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .checkpoint import read_results
 from .errors import ZooError
+from .hub import model_info
+from .publish import publish
+from .registry import REGISTRY, list_models
+from .store import local_path
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -40,9 +45,6 @@ def _fmt(value: Any, suffix: str = "") -> str:
 
 def model_rows(pattern: str = "") -> list[dict[str, Any]]:
     """One row per zoo model: what ``list`` prints (and ``list --json`` returns)."""
-    from .checkpoint import read_results
-    from .registry import REGISTRY, list_models
-    from .store import local_path
 
     rows = []
     for name in list_models(pattern):
@@ -147,9 +149,6 @@ def _print_checkpoint(info: dict[str, Any]) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .hub import model_info
-    from .registry import REGISTRY
-    from .store import local_path
 
     entry = REGISTRY.get(args.name)
     stored = local_path(args.name)
@@ -203,7 +202,6 @@ def add_info(sub: Subparsers) -> None:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
 
     result = publish(
         args.checkpoint,

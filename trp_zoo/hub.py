@@ -44,6 +44,7 @@ from .checkpoint import (
     read_results,
 )
 from .errors import NotCachedError, UnknownModelError, WeightsNotPublishedError, ZooError
+from .modules import close_matches
 from .registry import REGISTRY, ZooEntry, list_models
 from .store import local_path, store_dir
 
@@ -89,7 +90,6 @@ def resolve(source: str | os.PathLike[str], revision: str | None = None) -> Reso
         return _directory(src, src)
     if _REPO_ID.fullmatch(src):
         return Resolved(src, "hub", repo_id=src, revision=revision)
-    from .modules import close_matches
 
     raise UnknownModelError(
         f"unknown model {src!r}.{close_matches(src, list_models())} `python -m trp_zoo list` "

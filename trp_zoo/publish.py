@@ -26,6 +26,7 @@ from torch import nn
 from .checkpoint import ARCHITECTURE, read_config
 from .errors import PublishError
 from .fileio import copy_directory_atomic
+from .saving import save_pretrained
 
 # olah (0.5.4) reads binary files of this size as Git LFS pointers and fails serving them
 OLAH_BAD_SIZES = range(121, 150)
@@ -243,8 +244,6 @@ def push_to_hub(
 ) -> Published:
     """Save ``model`` (``save_pretrained(**save_kwargs)``) to a temporary directory, publish it."""
     import tempfile
-
-    from .checkpoint import save_pretrained
 
     kwargs: Mapping[str, Any] = {"repo_id": repo_id, **save_kwargs}
     with tempfile.TemporaryDirectory(prefix="trp_zoo_push_") as tmp:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import UnknownModelError
 from .modules import close_matches
+from .store import local_models
 
 HUB_ORG = "trp-zoo"
 PAPER = "Xu et al., Trained Rank Pruning for Efficient Deep Neural Networks (IJCAI 2020)"
@@ -152,7 +153,6 @@ def list_models(
     ``filter``/``exclude_filters`` are shell-style globs (as in ``timm.list_models``);
     ``pretrained=True`` keeps only names whose weights are published or stored locally.
     """
-    from .store import local_models
 
     local = set(local_models())
     names = sorted(set(REGISTRY) | local)

@@ -29,6 +29,7 @@ from torch import nn
 from .checkpoint import ARCHITECTURE, WEIGHTS_NAME, verify_weights, weights_mismatch
 from .decompose import factorize_architecture
 from .errors import CheckpointError
+from .hub import download_file
 
 _REQUIRED = ("base_architecture", "scheme", "rank_plan")
 _WEIGHT_SOURCES = ("url", "file", "state_dict", "hf_hub_id")
@@ -62,8 +63,6 @@ def _where(cfg: Mapping[str, Any]) -> str:
 def _weights_file(cfg: Mapping[str, Any], cache_dir: str | Path | None) -> Path | None:
     """The local path of the weights timm is about to load, when they come from a checkpoint."""
     from timm.models._hub import hf_split
-
-    from .hub import download_file
 
     if cfg.get("source") == "local-dir" and cfg.get("file"):
         return Path(cfg["file"]) / WEIGHTS_NAME

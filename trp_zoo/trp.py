@@ -137,16 +137,32 @@ class TRP:
             self._project(queue_direction=True)
 
     # -- projection -------------------------------------------------------------------
-    def project(self) -> dict[str, int]:
+    def project(self, ranks: Mapping[str, int] | None = None) -> dict[str, int]:
         """Project every target weight to its low rank now; returns ``{name: rank}``.
 
-        Projects also when the hook was built with ``project=False`` (nuclear norm only).
+        ``ranks`` fixes each layer's rank, e.g. ``trp.project(trp.ranks)``: the ranks the
+        last periodic projection chose, so that a final projection only removes what the
+        steps since then added (applying the energy criterion again would cut a further
+        ``1 - energy`` of every layer's energy, with no training left to recover from it).
+        Default: the hook's criterion. Projects also when the hook was built with
+        ``project=False`` (nuclear norm only).
         """
-        self._project(queue_direction=False, projecting=True)
+        if ranks is not None:
+            unknown = set(ranks) - set(self.targets)
+            if unknown:
+                raise ValueError(
+                    f"ranks name layers this hook does not target: {sorted(unknown)[:5]}"
+                )
+        self._project(queue_direction=False, projecting=True, fixed=ranks)
         return dict(self.ranks)
 
     @torch.no_grad()
-    def _project(self, queue_direction: bool, projecting: bool | None = None) -> None:
+    def _project(
+        self,
+        queue_direction: bool,
+        projecting: bool | None = None,
+        fixed: Mapping[str, int] | None = None,
+    ) -> None:
         start = time.perf_counter()
         if projecting is None:
             projecting = self.projecting
@@ -154,7 +170,10 @@ class TRP:
             self._nuclear_only(queue_direction)
         for name, conv in self.targets.items() if projecting else ():
             weight = conv.weight
-            result = self.projectors[name](self.scheme.to_matrix(weight), self.criterion_for(name))
+            criterion = (
+                FixedRank(fixed[name]) if fixed and name in fixed else self.criterion_for(name)
+            )
+            result = self.projectors[name](self.scheme.to_matrix(weight), criterion)
             weight.copy_(self.scheme.from_matrix(result.projected, tuple(weight.shape)))
             self.ranks[name] = result.rank
             if result.full:

@@ -14,7 +14,6 @@ import timm
 import torch
 
 from .. import __version__
-from ..checkpoint import save_pretrained
 from ..convs import ConvGeometry
 from ..decompose import decompose
 from ..errors import ZooError
@@ -22,6 +21,7 @@ from ..fileio import write_json
 from ..flops import compare_cost
 from ..publish import publish
 from ..registry import get_entry
+from ..saving import save_pretrained
 from ..schemes import get_scheme
 from .config import TrainConfig
 from .engine import Trainer
@@ -87,7 +87,9 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         results["target_plan"] = trainer.target_plan
     plan_all: dict[str, int] = {}
     if trainer.trp is not None:
-        plan_all = trainer.trp.project()
+        # TRP: keep the ranks training reached; nuclear norm only: the energy criterion
+        reached = trainer.trp.ranks if trainer.trp.projecting else None
+        plan_all = trainer.trp.project(reached or None)
         results["training"]["trp_projection_seconds"] = trainer.trp.projection_seconds
         results["training"]["trp_projection_share"] = trainer.trp.projection_seconds / max(
             results["training"]["seconds"], 1e-9
