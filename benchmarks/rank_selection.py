@@ -349,7 +349,8 @@ def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None
         "energy_pad16": own["energy_pad16"],
         "latency_aware": own["latency_aware_equal_latency"],
     }
-    for label in args.train_plans:
+    pair = [fm["plans"]["equal_latency"][0]["plan"], "latency_aware"]
+    for label in args.train_plans or pair:
         plan_file = ROOT / fm["plan_files"][label]
         run = f"{label}_ft{args.epochs}_lr{args.finetune_lr}_seed{args.seed}"
         out = table.train_row(
@@ -489,7 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument(
-        "--train-plans", nargs="+", default=["energy_pad16", "latency_aware"], help="plans to tune"
+        "--train-plans",
+        nargs="+",
+        default=None,
+        help="plans to fine-tune (default: the two of the equal-latency comparison)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=15)
