@@ -19,9 +19,9 @@ Stages (each updates its part of ``benchmarks/results/rank_selection.{json,md}``
 
 ``latency``: for each model and batch size, round 1 times dense, the energy plan (raw and
 padded) and the latency-aware plan with the energy plan's MACs (``--macs`` budget), all
-interleaved in one process; round 2 times the latency-aware plan whose latency budget is
-the faster energy variant's measured latency fraction, next to that variant (one
-correction step when the measured fractions differ by more than 3%). Reported: speed-up
+interleaved in one process; round 2 calibrates the latency-aware plan to the faster energy
+variant's measured latency fraction (``Planner.calibrate``: the budget corrected by what
+each attempt measures, until within 3%), then times the two interleaved. Reported: speed-up
 (ratio of median latencies), MACs reduction and their quotient, and the mean kept energy.
 
 ``fmnist-plans`` does the same at 1x28x28 for the trained dense Fashion-MNIST resnet18
@@ -57,7 +57,6 @@ from runtime.io import atomic_write_text
 from runtime.planner import Planner
 from runtime.rank_plans import padded_plan
 from runtime.report import environment
-from runtime.selector import max_saving
 from trp_zoo import decompose
 from trp_zoo.fileio import write_json
 
@@ -83,17 +82,6 @@ def energy_for_macs(planner: Planner, fraction: float) -> tuple[float, dict[str,
         else:
             hi = mid
     return lo, planner.energy_plan(lo)
-
-
-def _select_latency(planner: Planner, fraction: float) -> Any:
-    """The latency-aware plan for ``fraction`` of the dense latency, or for the lowest
-    fraction its measured ranks reach when ``fraction`` is out of reach."""
-    fraction = min(fraction, 1.0)
-    try:
-        return planner.select(latency=fraction)
-    except ValueError:
-        best = max_saving(planner.options, "latency")
-        return planner.select(latency=1.001 - best / planner.dense_ms)
 
 
 def describe(
@@ -167,24 +155,19 @@ def compare(
     ]
     best = min(round1[:2], key=lambda r: r["latency_fraction"])
     fraction = best["latency_fraction"]
-    attempts = []
-    for _ in range(2):
-        la = _select_latency(planner, fraction)
-        log(f"round 2: latency-aware at latency fraction {fraction:.3f} vs {best['plan']}")
-        pair_plans = {best["plan"]: plans[best["plan"]], "latency_aware_equal_latency": la.plan}
-        stats = planner.measure(pair_plans, runs=runs, warmup=warmup)
-        load.append(_load_average())
-        pair = [
-            describe(planner, best["plan"], plans[best["plan"]], stats, energy_of=energy),
-            describe(planner, "latency_aware_equal_latency", la.plan, stats),
-        ]
-        pair[1]["latency_budget"] = round(fraction, 4)
-        attempts.append(pair)
-        ratio = pair[1]["latency_fraction"] / pair[0]["latency_fraction"]
-        if abs(ratio - 1.0) <= TOLERANCE:
-            break
-        # one correction by the measured miss, bounded: one noisy run must not swing it far
-        fraction = fraction / min(max(ratio, 0.85), 1.15)
+    log(f"round 2: latency-aware calibrated to {best['plan']}'s measured fraction {fraction:.3f}")
+    la, _, calibration = planner.calibrate(
+        fraction, tolerance=TOLERANCE, runs=runs, warmup=warmup, progress=log
+    )
+    load.append(_load_average())
+    pair_plans = {best["plan"]: plans[best["plan"]], "latency_aware_equal_latency": la.plan}
+    stats = planner.measure(pair_plans, runs=runs, warmup=warmup)
+    load.append(_load_average())
+    pair = [
+        describe(planner, best["plan"], plans[best["plan"]], stats, energy_of=energy),
+        describe(planner, "latency_aware_equal_latency", la.plan, stats),
+    ]
+    pair[1]["latency_budget"] = round(calibration[-1]["budget"], 4)
     return {
         "arch": arch,
         "input_size": list(input_size),
@@ -199,8 +182,9 @@ def compare(
             "seconds": round(table_seconds, 1),
         },
         "equal_macs": round1,
-        "equal_latency": attempts[-1],
-        "equal_latency_attempts": len(attempts),
+        "equal_latency": pair,
+        "equal_latency_attempts": len(calibration),
+        "calibration": calibration,
         "own_ranks_kept_energy": {  # each plan's own truncation (padded ranks keep more)
             "energy": round(planner.mean_energy(energy), 4),
             "energy_pad16": round(planner.mean_energy(energy16), 4),
@@ -413,8 +397,13 @@ def _section(row: dict[str, Any]) -> list[str]:
         *HEADER,
         *_plan_rows(row["equal_macs"]),
         "",
-        f"Equal measured latency (one interleaved run, "
-        f"{row['equal_latency_attempts']} attempt(s)):",
+        f"Equal measured latency (one interleaved run, after "
+        f"{row['equal_latency_attempts']} calibration attempt(s): budget / predicted / measured "
+        + ", ".join(
+            f"{c['budget']:.3f} / {c['predicted']:.3f} / {c['measured']:.3f}"
+            for c in row.get("calibration", [])
+        )
+        + "):",
         "",
         *HEADER,
         *_plan_rows(row["equal_latency"]),

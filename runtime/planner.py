@@ -188,6 +188,51 @@ class Planner:
             workdir=self.workdir,
         )
 
+    def calibrate(
+        self,
+        latency: float,
+        *,
+        tolerance: float = 0.03,
+        attempts: int = 4,
+        min_quotient: float | None = 1.0,
+        warmup: int = 3,
+        runs: int = 15,
+        progress: Progress = None,
+    ) -> tuple[RankPlan, dict[str, LatencyStats], list[dict[str, float]]]:
+        """The plan whose *measured* latency is ``latency`` of the dense model's.
+
+        Layer-by-layer tables predict a whole model's latency only approximately (a conv
+        timed alone keeps its weights in cache; in the model they stream from memory), so
+        the budget is corrected by what each attempt measures: the next one asks for the
+        saving scaled by how far the measured saving missed the wanted one (at most 2x per
+        step), until the measured fraction is within ``tolerance`` (relative) or after
+        ``attempts``. Returns the last plan, its timing and every attempt's
+        ``{"budget", "predicted", "measured"}`` fractions.
+        """
+        wanted = check_fraction(latency, "latency")
+        if attempts < 1 or tolerance <= 0:
+            raise ValueError("attempts must be >= 1 and tolerance > 0")
+        floor = 1.0 - max_saving(self.options, "latency") / self.dense_ms
+        budget, history = wanted, []
+        for _ in range(attempts):
+            budget = min(max(budget, floor + 1e-3), 1.0)
+            plan = self.select(latency=budget, min_quotient=min_quotient)
+            stats = self.measure({"planned": plan.plan}, warmup=warmup, runs=runs)
+            measured = stats["planned"].p50_ms / stats["dense"].p50_ms
+            history.append(
+                {"budget": budget, "predicted": plan.predicted_fraction, "measured": measured}
+            )
+            if progress:
+                progress(
+                    f"budget {budget:.3f}: predicted {plan.predicted_fraction:.3f}, "
+                    f"measured {measured:.3f} of dense (want {wanted:.3f})"
+                )
+            if abs(measured / wanted - 1.0) <= tolerance or measured >= 1.0:
+                break
+            scale = (1.0 - wanted) / max(1.0 - measured, 1e-6)
+            budget = 1.0 - (1.0 - budget) * min(max(scale, 0.5), 2.0)
+        return plan, stats, history
+
     def energy_at(self, name: str, rank: int) -> float:
         return float(self.energies[name][rank - 1])
 
