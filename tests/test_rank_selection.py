@@ -634,6 +634,35 @@ def test_planner_measures_plans_interleaved(planner: Planner) -> None:
         planner.measure({"dense": plan})
 
 
+def test_calibrate_corrects_the_budget_by_what_it_measures(
+    planner: Planner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole model saves half again what the layer tables predict (as where weights
+    stream from memory): calibration asks for less, until the measurement is on target."""
+    wanted = round((1.0 + 2 * reach(planner)) / 3, 3)  # well within reach
+
+    def fake_measure(plans: dict[str, dict[str, int]], **_: Any) -> dict[str, LatencyStats]:
+        predicted = planner.predicted_ms(plans["planned"])
+        assert predicted is not None
+        saving = 1.5 * (planner.dense_ms - predicted)
+        return {
+            "dense": LatencyStats.of([planner.dense_ms / 1e3], 2),
+            "planned": LatencyStats.of([(planner.dense_ms - saving) / 1e3], 2),
+        }
+
+    monkeypatch.setattr(planner, "measure", fake_measure)
+    plan, stats, history = planner.calibrate(wanted, tolerance=0.03, attempts=6)
+    assert history[0]["budget"] == wanted and history[0]["measured"] < wanted * 0.97
+    assert len(history) > 1 and history[-1]["budget"] > wanted  # it asked for less
+    measured = stats["planned"].p50_ms / stats["dense"].p50_ms
+    assert measured == pytest.approx(history[-1]["measured"])
+    # the tiny net's few ranks may not land within 3%, but the miss shrinks
+    assert abs(measured - wanted) < abs(history[0]["measured"] - wanted)
+    assert plan.plan == planner.select(latency=history[-1]["budget"]).plan
+    with pytest.raises(ValueError, match="attempts"):
+        planner.calibrate(wanted, attempts=0)
+
+
 # ----------------------------------------------------------------------------- the command line
 
 CLI_MODEL, CLI_INPUT = "cifar_resnet20", (1, 28, 28)
