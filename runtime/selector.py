@@ -218,6 +218,11 @@ def _proportional(
     return hi_pick, True
 
 
+def energy_loss(energy: float) -> float:
+    """What the selector minimizes, summed over layers, for a layer keeping ``energy``."""
+    return 1.0 - energy
+
+
 def _knapsack(
     layers: Sequence[LayerOptions],
     useful: Sequence[tuple[Option, ...]],
@@ -231,7 +236,7 @@ def _knapsack(
     option costs its energy loss, less ``lam`` times its excess under ``prop``."""
 
     def loss_of(lo: LayerOptions, option: Option) -> float:
-        loss = 1.0 - option.energy
+        loss = energy_loss(option.energy)
         return loss - lam * prop.excess(lo, option) if prop is not None and lam else loss
 
     step = required / k
