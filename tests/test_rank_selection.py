@@ -730,6 +730,23 @@ def test_cli_plan_writes_a_plan_that_rank_plan_and_decompose_take(
     assert factorized == set(plan)
 
 
+def test_cli_plan_calibrates_to_the_measured_latency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = CostCache(tmp_path / "costs")
+    seed_cost_cache(cli_model(), Target(batch_size=2, input_size=CLI_INPUT, threads=1), cache=cache)
+    no_timing(monkeypatch, "measure_layer")
+    out_file = tmp_path / "plan.json"
+    args = plan_args(tmp_path / "costs", "--latency", "0.7", "--calibrate", "2")
+    assert zoo_main([*args, "--output", str(out_file)]) == 0, capsys.readouterr().err
+    out = json.loads(out_file.read_text())
+    attempts = out["calibration"]
+    assert 1 <= len(attempts) <= 2 and attempts[0]["budget"] == 0.7
+    assert out["measured"]["latency_fraction"] == pytest.approx(attempts[-1]["measured"])
+    assert zoo_main(plan_args(tmp_path / "costs", "--macs", "0.6", "--calibrate", "2")) == 2
+    assert "--calibrate corrects a --latency budget" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("budget", ["1.5", "0", "-1"])
 def test_cli_plan_rejects_a_bad_budget_without_measuring(
     budget: str,

@@ -370,18 +370,36 @@ def run_plan(args: argparse.Namespace) -> int:
             runs=args.runs,
             progress=progress,
         )
-        result = planner.select(
-            latency=args.latency, macs=args.macs, min_quotient=args.min_quotient
-        )
+        stats = None
+        if args.calibrate:
+            if args.latency is None:
+                raise ValueError("--calibrate corrects a --latency budget; give --latency")
+            result, stats, history = planner.calibrate(
+                args.latency,
+                attempts=args.calibrate,
+                min_quotient=args.min_quotient,
+                warmup=args.warmup,
+                runs=args.runs,
+                progress=progress,
+            )
+        else:
+            result = planner.select(
+                latency=args.latency, macs=args.macs, min_quotient=args.min_quotient
+            )
         name = args.checkpoint or args.model
         timed = len(planner.table.measured)
         from_cache = len(planner.table.reused)
         _print_plan(name, result, weights, f"{cache.root} ({timed} timed, {from_cache} reused)")
         out = {"model": name, "weights": weights, **result.to_dict()}
-        if args.measure:
-            if progress:
-                progress("timing the dense and planned models, interleaved")
-            stats = planner.measure({"planned": result.plan}, warmup=args.warmup, runs=args.runs)
+        if args.calibrate:
+            out["calibration"] = history
+        if args.measure or stats is not None:
+            if stats is None:
+                if progress:
+                    progress("timing the dense and planned models, interleaved")
+                stats = planner.measure(
+                    {"planned": result.plan}, warmup=args.warmup, runs=args.runs
+                )
             dense, planned = stats["dense"].p50_ms, stats["planned"].p50_ms
             speedup = dense / planned
             reduction = 1 / result.macs_fraction
@@ -450,6 +468,14 @@ def add_plan(sub: Subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="build and time the dense and planned models",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --latency: up to N measured attempts, the budget corrected by each "
+        "measurement, so that the measured (not predicted) latency meets it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=run_plan)
