@@ -459,6 +459,16 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
                 )
             lines.append("")
+            trained = {r["plan"]: r["top1_decomposed"] for r in runs.values()}
+            other = fm["plans"]["equal_latency"][0]["plan"]
+            if "latency_aware" in trained and other in trained:
+                met = trained["latency_aware"] >= trained[other]
+                lines += [
+                    f"Goal: at equal measured latency, the latency-aware plan's Fashion-MNIST "
+                    f"top-1 at least the energy plan's: {trained['latency_aware']:.2f}% vs "
+                    f"{trained[other]:.2f}% ({'met' if met else 'not met'}).",
+                    "",
+                ]
     for note in result.get("notes", []):
         lines += [note, ""]
     return "\n".join(lines)
