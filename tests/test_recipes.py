@@ -97,17 +97,10 @@ def test_target_latency_caps_the_ranks_by_a_plan_for_the_target(
     model = timm.create_model("resnet18", num_classes=10, in_chans=1)
     seeded = seed_cost_cache(model, Target(batch_size=2, input_size=(1, 28, 28), threads=1))
     out = tmp_path / "run"
-    args = ["--data-dir", str(fmnist), "--output-dir", str(out), "--limit-train-batches", "2"]
     run(
         "fashion_mnist_resnet18.py",
-        *args,
-        "--target-latency",
-        "0.8",
-        "--target-batch-size",
-        "2",
-        "--period",
-        "1",
-        *QUICK,
+        f"--data-dir {fmnist} --output-dir {out} --limit-train-batches 2 --target-latency 0.8 "
+        f"--target-batch-size 2 --period 1 {QUICK}",
     )
     chosen = json.loads((out / "target_plan.json").read_text())
     res = results(out)
