@@ -193,7 +193,15 @@ def write_table(
         }
 
     def decomposed(name: str, label: str) -> dict[str, Any]:
-        low = rows[name]["decomposed"]
+        low = rows[name].get("decomposed")
+        if low is None:  # no layer's rank lowered its cost: the model stays dense
+            trained = rows[name]["dense"]
+            return entry(
+                f"{label}: nothing to decompose (no rank lowers a layer's cost)",
+                trained["top1"],
+                trained["macs"],
+                trained["params"],
+            )
         return entry(
             label,
             low["top1"],
