@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ from runtime.costs import CostCache, Target
 from runtime.io import atomic_write_text
 from runtime.planner import Planner
 from runtime.rank_plans import padded_plan
-from runtime.report import environment
+from runtime.report import environment, load_average
 from trp_zoo import decompose
 from trp_zoo.fileio import write_json
 
@@ -66,10 +65,6 @@ WORK = ROOT / "runs" / "rank_selection"
 SCHEME = "channel"
 GOAL_ARCH, GOAL_BATCH, GOAL_QUOTIENT = "resnet50", 8, 1.0
 TOLERANCE = 0.03  # equal latency: measured fractions within 3%
-
-
-def _load_average() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def energy_for_macs(planner: Planner, fraction: float) -> tuple[float, dict[str, int]]:
@@ -145,9 +140,9 @@ def compare(
     la_macs = planner.select(macs=planner.macs(energy) / planner.dense_macs)
     plans = {"energy": energy, "energy_pad16": energy16, "latency_aware_equal_macs": la_macs.plan}
     log("round 1: dense, energy, energy padded, latency-aware at equal MACs")
-    load = [_load_average()]
+    load = [load_average()]
     stats = planner.measure(plans, runs=runs, warmup=warmup)
-    load.append(_load_average())
+    load.append(load_average())
     round1 = [
         describe(planner, "energy", energy, stats),
         describe(planner, "energy_pad16", energy16, stats, energy_of=energy),
@@ -159,10 +154,10 @@ def compare(
     la, _, calibration = planner.calibrate(
         fraction, tolerance=TOLERANCE, runs=runs, warmup=warmup, progress=log
     )
-    load.append(_load_average())
+    load.append(load_average())
     pair_plans = {best["plan"]: plans[best["plan"]], "latency_aware_equal_latency": la.plan}
     stats = planner.measure(pair_plans, runs=runs, warmup=warmup)
-    load.append(_load_average())
+    load.append(load_average())
     pair = [
         describe(planner, best["plan"], plans[best["plan"]], stats, energy_of=energy),
         describe(planner, "latency_aware_equal_latency", la.plan, stats),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ from runtime.export import export_onnx
 from runtime.io import atomic_write_text
 from runtime.latency import measure_interleaved
 from runtime.rank_plans import aligned_rank_plan
-from runtime.report import environment
+from runtime.report import environment, load_average
 from runtime.spec import BuildOptions
 from trp_zoo.fileio import write_json
 
@@ -91,7 +90,7 @@ def measure_row(
             exported.path, workdir / f"{tag}{backend.engine_suffix}", options, backend=backend
         )
         engines[name] = Engine.load(built.path, threads=threads, spinning=False)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     try:
         timings = measure_interleaved(engines, BATCHES, warmup=warmup, runs=runs, progress=True)
     finally:
@@ -125,7 +124,7 @@ def measure_row(
         "macs_reduction": round(cost.macs_reduction, 3),
         "factorized_layers": len(plan),
         "distinct_ranks": sorted(set(plan.values())),
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average_1min": [load_before, load_average()],
         "batches": batches,
     }
 

@@ -52,6 +52,7 @@ from .build import build_engine_file
 from .engine import Engine
 from .export import DEFAULT_OPSET, export_onnx
 from .latency import LatencyStats, measure_interleaved
+from .report import load_average
 from .shapes import conv_shapes
 from .spec import PRECISIONS, BuildOptions, check_input_size
 
@@ -336,10 +337,6 @@ class LayerCosts:
         )
 
 
-def _load_average() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
 def _engine(
     model: onnx.ModelProto | Path, name: str, workdir: Path, target: Target, backend: Backend
 ) -> Engine:
@@ -390,7 +387,7 @@ def measure_layer(
             engines[str(r)] = _engine(
                 probe.graph(r, opset=target.opset), f"r{r}", workdir, target, backend
             )
-        load = _load_average()
+        load = load_average()
         stats = time_engines(engines, target.batch_size, warmup=warmup, runs=runs)
     ms = {name: s.p50_ms for name, s in stats.items()}
     return LayerCosts(
@@ -618,7 +615,7 @@ def model_latency(
     cache.put_model(
         target_key,
         key,
-        {"p50_ms": ms, "runs": runs, "warmup": warmup, "load_average": _load_average()},
+        {"p50_ms": ms, "runs": runs, "warmup": warmup, "load_average": load_average()},
     )
     return ms
 

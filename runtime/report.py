@@ -14,6 +14,11 @@ from trp_zoo.fileio import write_json
 from .io import atomic_write_text
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average, rounded (None where the OS has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def environment() -> dict[str, Any]:
     """Versions of the libraries that produced the numbers, and the machine."""
     import onnx
@@ -31,8 +36,8 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
     }
-    if hasattr(os, "getloadavg"):
-        env["load_average_1min"] = round(os.getloadavg()[0], 2)
+    if (load := load_average()) is not None:
+        env["load_average_1min"] = load
     trt = sys.modules.get("tensorrt")
     if trt is not None and hasattr(trt, "__version__"):
         env["tensorrt"] = trt.__version__
