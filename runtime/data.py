@@ -54,12 +54,13 @@ def fashion_mnist(
     *,
     max_images: int | None = None,
     root: str | os.PathLike[str] | None = None,
+    split: str = "test",
 ) -> EvalData:
-    """The Fashion-MNIST test split (10,000 labelled images)."""
+    """A Fashion-MNIST split: ``test`` (10,000 labelled images) or ``train`` (60,000)."""
     from trp_zoo.data import load_fashion_mnist
 
     try:
-        images, labels = load_fashion_mnist("test", root)
+        images, labels = load_fashion_mnist(split, root)
     except (FileNotFoundError, ValueError) as err:
         raise DataError(str(err)) from None
     if max_images:
@@ -77,7 +78,7 @@ def fashion_mnist(
         return ((x - mean_t) / std_t).contiguous()
 
     return EvalData(
-        f"Fashion-MNIST test split ({len(labels)} images)",
+        f"Fashion-MNIST {split} split ({len(labels)} images)",
         True,
         len(labels),
         _tensor_batches(images, labels, prep),
@@ -135,12 +136,14 @@ def resolve_eval_data(
     dataset_hint: str | None = None,
     max_images: int | None = None,
     random_count: int = 64,
+    split: str = "test",
 ) -> EvalData:
     """Pick the evaluation set for ``--data``.
 
     ``None``: Fashion-MNIST when the model was trained on it (``dataset_hint``), else random
     inputs. ``fashion-mnist``, ``random``, a directory holding Fashion-MNIST's IDX files, or
-    an ImageFolder directory select explicitly.
+    an ImageFolder directory select explicitly. ``split`` picks Fashion-MNIST's split
+    (an ImageFolder directory is read as given).
     """
     mean = data_config.get("mean", (0.0,))
     std = data_config.get("std", (1.0,))
@@ -150,11 +153,11 @@ def resolve_eval_data(
         count = min(random_count, max_images) if max_images else random_count
         return random_images(input_size, count)
     if data == FASHION_MNIST:
-        return fashion_mnist(input_size, mean, std, max_images=max_images)
+        return fashion_mnist(input_size, mean, std, max_images=max_images, split=split)
     from trp_zoo.data import find_fashion_mnist
 
     try:
         folder = find_fashion_mnist(data)
     except FileNotFoundError:
         return image_folder(data, data_config, max_images=max_images)
-    return fashion_mnist(input_size, mean, std, max_images=max_images, root=folder)
+    return fashion_mnist(input_size, mean, std, max_images=max_images, root=folder, split=split)

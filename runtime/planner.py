@@ -14,6 +14,7 @@ are the same for a layer's dense and factorized probes and cancel in those savin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 import trp_zoo
 from trp_zoo.targets import Patterns
@@ -41,6 +42,7 @@ from .selector import (
     select_ranks,
     singular_values,
 )
+from .sensitivity import output_sensitivity
 
 
 def check_fraction(value: object, what: str) -> float:
@@ -71,6 +73,8 @@ class RankPlan:
     layers: list[dict[str, Any]] = field(default_factory=list)
     min_quotient: float | None = None  # asked-for speed-up / MACs reduction, if any
     proportional: bool = True  # min_quotient met (as predicted)
+    objective: str = "energy"  # what the selection minimized (see Planner.use_sensitivity)
+    output_kl: float | None = None  # summed measured divergence, with sensitivity
 
     @property
     def predicted_quotient(self) -> float:
@@ -106,6 +110,8 @@ class RankPlan:
                 "fraction": self.macs_fraction,
                 "reduction": self.dense_macs / self.planned_macs,
             },
+            "objective": self.objective,
+            "predicted_output_kl": self.output_kl,
             "mean_kept_energy": self.mean_energy,
             "layers": self.layers,
         }
@@ -128,6 +134,8 @@ class Planner:
         warmup: int = 3,
         runs: int = 15,
         progress: Progress = None,
+        sensitivity_images: Tensor | None = None,
+        sensitivity_batch_size: int = 256,
     ) -> None:
         self.model = model.eval()
         self.target = target
@@ -173,6 +181,47 @@ class Planner:
             )
             for name, lc in self.table.layers.items()
         ]
+        self.objective = "energy"
+        self.sensitivity: dict[str, dict[int, float]] | None = None
+        if sensitivity_images is not None:
+            self.use_sensitivity(
+                sensitivity_images, batch_size=sensitivity_batch_size, progress=progress
+            )
+
+    def use_sensitivity(
+        self, images: Tensor, *, batch_size: int = 256, progress: Progress = None
+    ) -> None:
+        """Price each useful rank by the output divergence it causes on ``images``
+        (``runtime.sensitivity``) instead of the energy it loses; ``select`` and
+        ``calibrate`` then minimize the plan's summed divergence."""
+        if progress:
+            n = sum(len(lo.useful()) for lo in self.options)
+            progress(f"sensitivity: {n} layer ranks, a forward pass over {len(images)} images each")
+        ranks = {lo.name: [o.rank for o in lo.useful()] for lo in self.options}
+        self.sensitivity = output_sensitivity(
+            self.model, self.scheme, ranks, images, batch_size=batch_size, progress=bool(progress)
+        )
+        self.options = [
+            dataclasses.replace(
+                lo,
+                options=tuple(
+                    dataclasses.replace(o, sensitivity=self.sensitivity[lo.name].get(o.rank))
+                    for o in lo.options
+                ),
+            )
+            for lo in self.options
+        ]
+        self.objective = f"output KL divergence on {len(images)} images"
+
+    def output_kl(self, plan: Mapping[str, int]) -> float | None:
+        """Summed measured divergence of a plan (None without sensitivity, or for ranks
+        not measured)."""
+        if self.sensitivity is None:
+            return None
+        try:
+            return sum(self.sensitivity[n][r] for n, r in plan.items())
+        except KeyError:
+            return None
 
     def measure(
         self, plans: Mapping[str, Mapping[str, int]], *, warmup: int = 3, runs: int = 15
@@ -330,6 +379,11 @@ class Planner:
                     "rank": rank,
                     "full_rank": trp_zoo.get_scheme(self.scheme).full_rank(lc.probe.geom),
                     "energy": sel.energy[lo.name],
+                    "sensitivity": (
+                        None
+                        if rank is None or self.sensitivity is None
+                        else self.sensitivity[lo.name].get(rank)
+                    ),
                     "dense_ms": lo.dense_ms,
                     "planned_ms": lo.dense_ms if rank is None else lc.option_ms(rank),
                     "useful_ranks": [o.rank for o in lo.useful()],
@@ -350,6 +404,8 @@ class Planner:
             layers=layers,
             min_quotient=min_quotient,
             proportional=sel.proportional,
+            objective=self.objective,
+            output_kl=self.output_kl(sel.plan),
         )
 
 

@@ -7,7 +7,9 @@ the fraction ``e(r) = sum_{k<=r} s_k^2 / sum_k s_k^2`` of the layer's spectral e
 Given the saving the budget requires, ``select_ranks`` picks one option per layer that
 maximizes the total kept energy ``sum_i e_i`` (equivalently, minimizes the sum of the
 layers' relative squared approximation errors ``sum_i (1 - e_i)``) subject to
-``sum_i saving_i >= required``.
+``sum_i saving_i >= required``. Options that carry a measured sensitivity (the output
+divergence that rank causes, ``runtime.sensitivity``) are priced by it instead:
+the selection then minimizes the summed divergence.
 
 That is a multiple-choice knapsack; it is solved exactly, up to rounding the savings down
 to ``resolution`` steps of ``required / resolution``, by dynamic programming over the
@@ -48,12 +50,20 @@ Budget = Literal["latency", "macs"]
 
 @dataclass(frozen=True)
 class Option:
-    """One rank of one layer: its measured latency, MACs and kept energy."""
+    """One rank of one layer: its measured latency, MACs and kept energy, and optionally
+    a measured ``sensitivity`` (see ``runtime.sensitivity``)."""
 
     rank: int
     latency_ms: float
     macs: int
     energy: float
+    sensitivity: float | None = None
+
+    @property
+    def loss(self) -> float:
+        """What the selector minimizes, summed over layers: the measured sensitivity
+        where there is one, else the energy lost (``1 - energy``)."""
+        return self.sensitivity if self.sensitivity is not None else 1.0 - self.energy
 
 
 @dataclass(frozen=True)
@@ -218,11 +228,6 @@ def _proportional(
     return hi_pick, True
 
 
-def energy_loss(energy: float) -> float:
-    """What the selector minimizes, summed over layers, for a layer keeping ``energy``."""
-    return 1.0 - energy
-
-
 def _knapsack(
     layers: Sequence[LayerOptions],
     useful: Sequence[tuple[Option, ...]],
@@ -236,7 +241,7 @@ def _knapsack(
     option costs its energy loss, less ``lam`` times its excess under ``prop``."""
 
     def loss_of(lo: LayerOptions, option: Option) -> float:
-        loss = energy_loss(option.energy)
+        loss = option.loss
         return loss - lam * prop.excess(lo, option) if prop is not None and lam else loss
 
     step = required / k

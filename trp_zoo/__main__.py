@@ -291,6 +291,36 @@ def _plan_model(args: argparse.Namespace) -> tuple[Any, tuple[int, int, int], st
     return model.eval(), (int(size[0]), int(size[1]), int(size[2])), weights
 
 
+def _sensitivity_images(args: argparse.Namespace, model: Any, size: tuple[int, int, int]) -> Any:
+    """``--sensitivity-images`` images of ``--sensitivity-data``, preprocessed for the model."""
+    import torch
+
+    from runtime.data import resolve_eval_data
+
+    if args.sensitivity_data == "random":
+        raise ValueError(
+            "--sensitivity-data random: random inputs say nothing about what the model has "
+            "learned; pass fashion-mnist or an ImageFolder directory of training images"
+        )
+    if args.sensitivity_images < 1:
+        raise ValueError(f"--sensitivity-images must be >= 1, got {args.sensitivity_images}")
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if size[0] == 1 and len(cfg.get("mean") or ()) != 1:
+        # a one-channel timm model keeps ImageNet's three-channel statistics in its
+        # config; normalize as the Fashion-MNIST recipe trains instead
+        from .data.fashion_mnist import MEAN, STD
+
+        cfg["mean"], cfg["std"] = (MEAN,), (STD,)
+    data = resolve_eval_data(
+        args.sensitivity_data,
+        input_size=size,
+        data_config={**cfg, "input_size": size},
+        max_images=args.sensitivity_images,
+        split="train",
+    )
+    return torch.cat([x for x, _ in data.batches(256)])
+
+
 def _print_plan(name: str, result: Any, weights: str, cache: str) -> None:
     t = result.target_key
     threads = f", {t['threads']} thread(s)" if t.get("threads") else ""
@@ -319,6 +349,11 @@ def _print_plan(name: str, result: Any, weights: str, cache: str) -> None:
         f"\nplan: {len(result.plan)} of {len(result.layers)} candidate layers factorized "
         f"({result.scheme} scheme), mean kept energy {result.mean_energy:.3f}"
     )
+    if result.output_kl is not None:
+        print(
+            f"selected by measured sensitivity ({result.objective}): "
+            f"summed KL {result.output_kl:.4g}"
+        )
     print(
         f"budget: {result.budget} {result.fraction} of dense; MACs per image "
         f"{result.dense_macs / 1e9:.3f}G -> {result.planned_macs / 1e9:.3f}G "
@@ -359,6 +394,7 @@ def run_plan(args: argparse.Namespace) -> int:
         )
         cache = CostCache(args.cache_dir)
         progress = None if args.quiet else lambda msg: print(msg, file=sys.stderr, flush=True)
+        images = _sensitivity_images(args, model, size) if args.sensitivity_data else None
         planner = Planner(
             model,
             target,
@@ -369,6 +405,7 @@ def run_plan(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             runs=args.runs,
             progress=progress,
+            sensitivity_images=images,
         )
         stats = None
         if args.calibrate:
@@ -458,6 +495,20 @@ def add_plan(sub: Subparsers) -> None:
         type=float,
         default=1.0,
         help="predicted speed-up over MACs reduction the plan must reach (0: no constraint)",
+    )
+    p.add_argument(
+        "--sensitivity-data",
+        metavar="DATA",
+        help="price each rank by how far it moves the model's predictions on these images "
+        "(fashion-mnist: its train split, or an ImageFolder directory of training images) "
+        "instead of by the spectral energy it loses; needs trained weights",
+    )
+    p.add_argument(
+        "--sensitivity-images",
+        type=int,
+        default=256,
+        metavar="N",
+        help="images for --sensitivity-data (one forward pass over them per layer rank)",
     )
     p.add_argument("--runs", type=int, default=15, help="timed runs per engine")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per engine")

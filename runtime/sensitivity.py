@@ -1,0 +1,98 @@
+"""Measured sensitivity: how far truncating one layer moves the model's predictions.
+
+Spectral energy prices every layer alike: a layer keeping 60% of its squared singular
+values counts the same whether it sits where the network is robust or where it is not.
+``output_sensitivity`` measures it instead, on real images: for each candidate layer and
+rank, that layer alone is replaced by its factorized form at rank ``r`` (as
+``trp_zoo.decompose`` builds it) and the mean KL divergence of the model's softmax output from
+the dense model's is recorded. The selector can then minimize the summed divergence, a
+first-order (layers assumed independent) estimate of what the whole plan does to the
+predictions. No labels are needed.
+
+Cost: one forward pass over the images per (layer, rank) option, so it suits small
+inputs on a CPU or any input on a GPU; ``images`` sets the trade-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from trp_zoo.convs import ConvGeometry, effective_weight
+from trp_zoo.factorized import FactorizedConv2d
+from trp_zoo.lowrank import svd
+from trp_zoo.modules import set_submodule
+from trp_zoo.schemes import get_scheme
+
+
+def _log_probs(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    outs = []
+    for start in range(0, len(images), batch_size):
+        out = model(images[start : start + batch_size])
+        if not isinstance(out, Tensor) or out.dim() != 2:
+            raise ValueError(
+                "sensitivity needs a classifier: the model must return (batch, classes) "
+                f"logits, got {type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}"
+            )
+        outs.append(F.log_softmax(out.double(), dim=-1))
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def output_sensitivity(
+    model: nn.Module,
+    scheme: str,
+    ranks: Mapping[str, Iterable[int]],
+    images: Tensor,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, dict[int, float]]:
+    """``{layer: {rank: mean KL(dense || layer truncated to rank)}}`` over ``images``.
+
+    ``ranks`` names the conv layers and the ranks to try; ``images`` is a preprocessed
+    ``(N, C, H, W)`` batch as the model expects. The model is left as it was.
+    """
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(
+            f"images must be a non-empty (N, C, H, W) batch, got {tuple(images.shape)}"
+        )
+    sch = get_scheme(scheme)
+    was_training = model.training
+    model.eval()
+    modules = dict(model.named_modules())
+    missing = [name for name in ranks if not isinstance(modules.get(name), nn.Conv2d)]
+    if missing:
+        raise ValueError(f"not conv layers of this model: {', '.join(missing)}")
+    dense = _log_probs(model, images, batch_size)
+    jobs = [(name, int(r)) for name, rs in ranks.items() for r in sorted(set(rs))]
+    result: dict[str, dict[int, float]] = {name: {} for name in ranks}
+    bar = tqdm(total=len(jobs), desc="sensitivity", disable=not progress, leave=False)
+    try:
+        for name in ranks:
+            conv = modules[name]
+            assert isinstance(conv, nn.Conv2d)
+            geom, weight = ConvGeometry.of(conv), effective_weight(conv)
+            bias = conv.bias.detach() if conv.bias is not None else None
+            u, s, vh = svd(sch.to_matrix(weight))
+            for rank in sorted({r for n, r in jobs if n == name}):
+                first, second = sch.factor_weights(u[:, :rank], s[:rank], vh[:rank], geom)
+                layer = FactorizedConv2d.from_factors(
+                    geom, sch, first.to(weight.dtype), second.to(weight.dtype), bias
+                ).to(weight.device)
+                set_submodule(model, name, layer.eval())
+                try:
+                    out = _log_probs(model, images, batch_size)
+                finally:
+                    set_submodule(model, name, conv)
+                kl = F.kl_div(out, dense, log_target=True, reduction="batchmean")
+                result[name][rank] = max(float(kl), 0.0)
+                bar.update()
+    finally:
+        bar.close()
+        model.train(was_training)
+    return result
