@@ -785,6 +785,11 @@ def recipe_config(*args: str) -> TrainConfig:
         (["--target-latency", "0.8", "--no-trp"], "it needs --trp"),
         (["--target-latency", "0.8", "--target-batch-size", "0"], "--target-batch-size"),
         (["--target-latency", "0.8", "--target-rank-step", "0"], "--target-rank-step"),
+        (["--target-sensitivity-images", "8"], "prices a --target-latency plan: give both"),
+        (
+            ["--target-latency", "0.8", "--target-sensitivity-images", "-1"],
+            "--target-sensitivity-images must be >= 0, got -1",
+        ),
     ],
 )
 def test_recipe_target_latency_validation(args: list[str], message: str, tmp_path: Path) -> None:

@@ -117,6 +117,29 @@ def test_target_latency_caps_the_ranks_by_a_plan_for_the_target(
     assert trp_zoo.rank_plan(trp_zoo.load(str(out / "model"))) == low
 
 
+def test_target_latency_plan_priced_by_measured_sensitivity(fmnist: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10, in_chans=1)
+    seed_cost_cache(model, Target(batch_size=2, input_size=(1, 28, 28), threads=1))
+    for m in model.modules():  # timm zero-initializes each block's last BN scale
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    weights = tmp_path / "dense.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "run"
+    run(
+        "fashion_mnist_resnet18.py",
+        f"--data-dir {fmnist} --output-dir {out} --limit-train-batches 2 --target-latency 0.8 "
+        f"--target-batch-size 2 --target-sensitivity-images 8 --pretrained {weights} "
+        f"--period 1 {QUICK}",
+    )
+    chosen = json.loads((out / "target_plan.json").read_text())
+    assert chosen["objective"] == "output KL divergence on 8 images"
+    assert chosen["plan"] and chosen["predicted_output_kl"] > 0
+    assert all(r["sensitivity"] is not None for r in chosen["layers"] if r["rank"] is not None)
+    assert results(out)["decomposed"]["rank_plan"].keys() <= chosen["plan"].keys()
+
+
 def test_cifar10_recipes(tmp_path: Path) -> None:
     data = write_cifar10(tmp_path / "data")
     for script, scheme in (("cifar10_resnet20.py", "spatial"), ("cifar10_resnet56.py", "channel")):

@@ -39,6 +39,7 @@ class TrainConfig:
     target_backend: str = "onnxruntime"
     target_batch_size: int = 8
     target_rank_step: int = 8  # candidate ranks: multiples of this
+    target_sensitivity_images: int = 0  # > 0: price ranks by measured sensitivity
     # optimization
     epochs: int = 10
     batch_size: int = 128
@@ -122,6 +123,14 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument(
         "--target-rank-step", type=int, default=d.target_rank_step, help="rank multiples to time"
     )
+    g.add_argument(
+        "--target-sensitivity-images",
+        type=int,
+        default=d.target_sensitivity_images,
+        metavar="N",
+        help="with --target-latency and --pretrained: choose the ranks by how far each moves "
+        "the predictions on N training images, not by spectral energy (0: energy)",
+    )
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
@@ -202,6 +211,12 @@ def validate(cfg: TrainConfig) -> None:
             problems.append("give --rank-plan or --target-latency, not both")
         if not cfg.trp:
             problems.append("--target-latency caps TRP's ranks: it needs --trp")
+    if cfg.target_sensitivity_images < 0:
+        problems.append(
+            f"--target-sensitivity-images must be >= 0, got {cfg.target_sensitivity_images}"
+        )
+    elif cfg.target_sensitivity_images and cfg.target_latency is None:
+        problems.append("--target-sensitivity-images prices a --target-latency plan: give both")
     for name in ("target_batch_size", "target_rank_step"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")

@@ -150,7 +150,9 @@ class Trainer:
         if self.info.is_main and not (self.cfg.resume and path.is_file()):
             from .target import plan_for_target
 
-            chosen = plan_for_target(self.module, self.cfg, self.data.input_size)
+            chosen = plan_for_target(
+                self.module, self.cfg, self.data.input_size, self._sensitivity_images()
+            )
             write_json(path, chosen)
             self.log(
                 f"rank plan for {self.cfg.target_latency} of the dense latency on "
@@ -160,6 +162,18 @@ class Trainer:
         barrier(self.info)
         plan: dict[str, Any] = json.loads(path.read_text())
         return plan
+
+    def _sensitivity_images(self) -> torch.Tensor | None:
+        """The first ``--target-sensitivity-images`` training images (None when 0)."""
+        count = min(self.cfg.target_sensitivity_images, len(self.data.train))  # type: ignore[arg-type]
+        if count <= 0:
+            return None
+        if not self.cfg.pretrained:
+            self.log(
+                "note: --target-sensitivity-images on untrained weights measures how the "
+                "initialization reacts, not learned importance; pass --pretrained"
+            )
+        return torch.stack([self.data.train[i][0] for i in range(count)]).float()
 
     # -- checkpoints ------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from .config import TrainConfig
 
 
 def plan_for_target(
-    model: nn.Module, cfg: TrainConfig, input_size: tuple[int, int, int]
+    model: nn.Module,
+    cfg: TrainConfig,
+    input_size: tuple[int, int, int],
+    images: Tensor | None = None,
 ) -> dict[str, Any]:
     """Measure the model's layers on ``--target-backend`` (cached), select ranks for
     ``--target-latency`` from the model's current weights and return the plan as JSON
-    (``{"plan": {name: rank}, ...}``, with its predicted latency and MACs).
+    (``{"plan": {name: rank}, ...}``, with its predicted latency and MACs). With
+    ``images``, ranks are priced by the output divergence they cause on them
+    (``runtime.sensitivity``) instead of by spectral energy.
 
     Imports the runtime (ONNX Runtime) only when called. One intra-op thread.
     """
@@ -36,6 +41,7 @@ def plan_for_target(
             latency=cfg.target_latency,
             scheme=cfg.scheme,
             rank_step=cfg.target_rank_step,
+            sensitivity_images=images,
         )
     except (ValueError, RuntimeToolError) as err:
         raise ValueError(f"--target-latency {cfg.target_latency}: {err}") from None
