@@ -26,7 +26,11 @@ each attempt measures, until within 3%), then times the two interleaved. Reporte
 
 ``fmnist-plans`` does the same at 1x28x28 for the trained dense Fashion-MNIST resnet18
 (``--dense-run``: the dense row of ``benchmarks/fashion_mnist_table.py``), so kept energy
-is that of learned spectra; it writes each plan as a rank-plan file and evaluates each
+is that of learned spectra. At equal measured latency it compares the padded energy plan
+with three latency-aware ones, each calibrated to its measured latency: with the
+``min_quotient=1.0`` constraint, without it (accuracy first), and without it priced by
+measured sensitivity on ``--sensitivity-images`` Fashion-MNIST training images
+(``runtime.sensitivity``). It writes each plan as a rank-plan file and evaluates each
 plan decomposed without fine-tuning. ``fmnist-train`` fine-tunes the dense weights with
 ``recipes/fashion_mnist_resnet18.py --pretrained dense.pth --rank-plan FILE --energy 1.0``
 (TRP projects onto exactly the planned ranks, so the final model has the plan's latency),
@@ -122,9 +126,10 @@ def compare(
     runs: int,
     warmup: int,
     model: torch.nn.Module | None = None,
-) -> dict[str, Any]:
-    """Energy vs latency-aware plans for one model and batch size (see the module doc);
-    ``model``: trained weights for ``arch`` (default: timm's random init, seed 0)."""
+) -> tuple[dict[str, Any], Planner]:
+    """Energy vs latency-aware plans for one model and batch size (see the module doc),
+    and the planner that chose them; ``model``: trained weights for ``arch`` (default:
+    timm's random init, seed 0)."""
     if model is None:
         torch.manual_seed(0)
         model = timm.create_model(arch, in_chans=input_size[0])
@@ -163,7 +168,7 @@ def compare(
         describe(planner, "latency_aware_equal_latency", la.plan, stats),
     ]
     pair[1]["latency_budget"] = round(calibration[-1]["budget"], 4)
-    return {
+    row = {
         "arch": arch,
         "input_size": list(input_size),
         "batch": batch,
@@ -188,6 +193,7 @@ def compare(
         },
         "load_average_1min": load,
     }
+    return row, planner
 
 
 # ----------------------------------------------------------------------------- stages
@@ -212,17 +218,16 @@ def stage_latency(args: argparse.Namespace, result: dict[str, Any]) -> None:
     ]
     for arch in args.archs:
         for batch in args.batches:
-            rows.append(
-                compare(
-                    arch,
-                    (3, 224, 224),
-                    batch,
-                    args.macs_reduction,
-                    CostCache(args.cache_dir),
-                    args.runs,
-                    args.warmup,
-                )
+            row, _ = compare(
+                arch,
+                (3, 224, 224),
+                batch,
+                args.macs_reduction,
+                CostCache(args.cache_dir),
+                args.runs,
+                args.warmup,
             )
+            rows.append(row)
             result["latency"] = {"rows": rows, "macs_reduction_target": args.macs_reduction}
             save_results(args.output, result)
     result["goal"] = goal(rows)
@@ -264,9 +269,27 @@ def _fmnist_trainer(out: Path) -> Any:
     return Trainer(cfg, model, data, init_distributed("cpu"))
 
 
+def fmnist_sensitivity_images(count: int) -> torch.Tensor:
+    """The first ``count`` Fashion-MNIST training images, normalized as the recipe does."""
+    from runtime.data import fashion_mnist
+    from trp_zoo.data.fashion_mnist import MEAN, STD
+
+    data = fashion_mnist(FMNIST_SIZE, (MEAN,), (STD,), max_images=count, split="train")
+    return torch.cat([x for x, _ in data.batches(256)])
+
+
+# the plans compared at equal measured latency on Fashion-MNIST, after the energy plan
+FMNIST_LATENCY_AWARE = {
+    "latency_aware_q1": "energy objective, predicted speed-up >= MACs reduction (--min-quotient 1)",
+    "latency_aware": "energy objective, accuracy first (--min-quotient 0)",
+    "latency_aware_kl": "measured sensitivity objective, accuracy first (--sensitivity-data)",
+}
+
+
 def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Plans for the trained dense Fashion-MNIST resnet18 (``--dense-run``), timed at 1x28x28,
-    and each plan's top-1 right after decomposition (no fine-tuning)."""
+    the latency-aware variants calibrated to the padded energy plan's measured latency, and
+    each plan's top-1 right after decomposition (no fine-tuning)."""
     table = _table_module()
     if table.load_latest(args.dense_run) is None:
         raise SystemExit(
@@ -279,7 +302,7 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
     weights = fm_dir / "dense.pth"
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dense.state_dict(), weights)
-    row = compare(
+    row, planner = compare(
         "resnet18",
         FMNIST_SIZE,
         args.fmnist_batch,
@@ -289,15 +312,47 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
         args.warmup,
         model=dense,
     )
+    log = lambda s: print(f"[fmnist] {s}", file=sys.stderr, flush=True)  # noqa: E731
+    energy, energy16 = row["equal_macs"][0]["ranks"], row["equal_macs"][1]["ranks"]
+    fraction = next(r for r in row["equal_latency"] if r["plan"] == "energy_pad16")[
+        "latency_fraction"
+    ]
     plans = {
-        "energy": row["equal_macs"][0]["ranks"],
-        "energy_pad16": row["equal_macs"][1]["ranks"],
-        "latency_aware": row["equal_latency"][1]["ranks"],
+        "energy_pad16": energy16,
+        "latency_aware_q1": row["equal_latency"][1]["ranks"],
     }
+    calibrations = {"latency_aware_q1": row["calibration"]}
+    timing = dict(runs=args.runs, warmup=args.warmup, progress=log)
+    log(f"latency-aware, accuracy first, calibrated to {fraction:.3f} of dense")
+    la, _, calibrations["latency_aware"] = planner.calibrate(
+        fraction, tolerance=TOLERANCE, min_quotient=None, **timing
+    )
+    plans["latency_aware"] = la.plan
+    images = fmnist_sensitivity_images(args.sensitivity_images)
+    started = time.time()
+    planner.use_sensitivity(images, progress=log)
+    sensitivity_seconds = time.time() - started
+    la_kl, _, calibrations["latency_aware_kl"] = planner.calibrate(
+        fraction, tolerance=TOLERANCE, min_quotient=None, **timing
+    )
+    plans["latency_aware_kl"] = la_kl.plan
+    log("all plans at equal latency, one interleaved run")
+    load = [load_average()]
+    stats = planner.measure(plans, runs=args.runs, warmup=args.warmup)
+    load.append(load_average())
+    equal = []
+    for label, plan in plans.items():
+        own = energy if label == "energy_pad16" else None  # padded ranks keep more
+        entry = describe(planner, label, plan, stats, energy_of=own)
+        entry["output_kl"] = planner.output_kl(plan)
+        entry["selection"] = FMNIST_LATENCY_AWARE.get(label, "energy threshold, padded to 16")
+        entry["calibration"] = calibrations.get(label)
+        equal.append(entry)
+
     evaluator = _fmnist_trainer(fm_dir / "eval")
     _, dense_top1 = evaluator.evaluate(dense)
     files, top1 = {}, {}
-    for label, plan in plans.items():
+    for label, plan in {"energy": energy, **plans}.items():
         path = fm_dir / f"{label}_plan.json"
         write_json(path, {"plan": plan, "scheme": SCHEME, "source": "benchmarks/rank_selection.py"})
         files[label] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -306,6 +361,16 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
         "dense_run": str(args.dense_run),
         "dense_top1": round(dense_top1, 2),
         "plans": row,
+        "equal_latency": {
+            "latency_fraction_of": "energy_pad16",
+            "rows": equal,
+            "load_average_1min": load,
+            "sensitivity": {
+                "images": len(images),
+                "source": "Fashion-MNIST train split (first images), no labels used",
+                "seconds": round(sensitivity_seconds, 1),
+            },
+        },
         "plan_files": files,
         "top1_no_finetune": {k: round(v, 2) for k, v in top1.items()},
     }
@@ -314,7 +379,7 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
 def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Fine-tune the dense model with the recipe, TRP capped at each plan's ranks."""
     fm = result.get("fmnist")
-    if not fm or "dense_run" not in fm:
+    if not fm or "equal_latency" not in fm:
         raise SystemExit("run the fmnist-plans stage first")
     table = _table_module()
     weights = args.work_dir / "fmnist" / "dense.pth"
@@ -322,14 +387,8 @@ def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None
     common += ["--lr", str(args.finetune_lr), "--warmup-epochs", "0", "--pretrained", str(weights)]
     common += ["--model-name", "none", "--no-progress", "--scheme", SCHEME]
     trained = fm.setdefault("training", {})
-    own = fm["plans"]["own_ranks_kept_energy"]
-    energy_at_start = {
-        "energy": own["energy"],
-        "energy_pad16": own["energy_pad16"],
-        "latency_aware": own["latency_aware_equal_latency"],
-    }
-    pair = [fm["plans"]["equal_latency"][0]["plan"], "latency_aware"]
-    for label in args.train_plans or pair:
+    rows = {r["plan"]: r for r in fm["equal_latency"]["rows"]}
+    for label in args.train_plans or list(rows):
         plan_file = ROOT / fm["plan_files"][label]
         run = f"{label}_ft{args.epochs}_lr{args.finetune_lr}_seed{args.seed}"
         out = table.train_row(
@@ -338,7 +397,8 @@ def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None
         low = out.get("decomposed") or {}
         trained[run] = {
             "plan": label,
-            "plan_kept_energy": energy_at_start[label],
+            "plan_kept_energy": rows[label]["mean_kept_energy"] if label in rows else None,
+            "latency_fraction": rows[label]["latency_fraction"] if label in rows else None,
             "epochs": args.epochs,
             "lr": args.finetune_lr,
             "seed": args.seed,
@@ -407,6 +467,94 @@ def _section(row: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fmnist_markdown(fm: dict[str, Any]) -> list[str]:
+    row = fm["plans"]
+    lines = [
+        "## Fashion-MNIST: accuracy at equal measured latency",
+        "",
+        f"Plans chosen from the trained dense resnet18 ({fm['dense_run']}, test top-1 "
+        f"{fm['dense_top1']:.2f}%), timed at 1x28x28, batch {row['batch']}. Energy threshold "
+        f"{row['energy_threshold']} (MACs target); load average {row['load_average_1min']}.",
+        "",
+        "Equal MACs (one interleaved run):",
+        "",
+        *HEADER,
+        *_plan_rows(row["equal_macs"]),
+        "",
+    ]
+    eq = fm.get("equal_latency")
+    if eq:
+        sens = eq["sensitivity"]
+        lines += [
+            "Equal measured latency: each latency-aware plan calibrated to the padded energy "
+            "plan's measured latency fraction, then all timed in one interleaved run (load "
+            f"average {eq['load_average_1min']}). Sensitivity: {sens['images']} images of the "
+            f"{sens['source']}, {sens['seconds']:.0f} s.",
+            "",
+            "| plan | selection | factorized layers | MACs reduction | plan p50 ms | latency "
+            "fraction | speed-up / MACs reduction | summed output KL | top-1 no fine-tuning (%) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in eq["rows"]:
+            kl = "-" if e["output_kl"] is None else f"{e['output_kl']:.4f}"
+            lines.append(
+                f"| {e['plan']} | {e['selection']} | {e['factorized_layers']} | "
+                f"{e['macs_reduction']:.2f}x | {e['p50_ms']:.2f} | {e['latency_fraction']:.3f} | "
+                f"{e['quotient']:.2f} | {kl} | {fm['top1_no_finetune'][e['plan']]:.2f} |"
+            )
+        lines += [
+            "",
+            "Calibration (budget / predicted / measured fraction per attempt): "
+            + "; ".join(
+                f"{e['plan']}: "
+                + ", ".join(
+                    f"{c['budget']:.3f} / {c['predicted']:.3f} / {c['measured']:.3f}"
+                    for c in e["calibration"]
+                )
+                for e in eq["rows"]
+                if e.get("calibration")
+            )
+            + ".",
+            "",
+        ]
+    runs = fm.get("training", {})
+    if runs:
+        lines += [
+            "Fine-tuned from the dense weights with the recipe (`--pretrained`, "
+            "`--rank-plan`, `--energy 1.0`: TRP projects onto exactly the planned ranks):",
+            "",
+            "| plan | latency fraction | epochs | lr | seed | top-1 no fine-tuning (%) | top-1 "
+            "fine-tuned, decomposed (%) | MACs reduction | decomposed at the planned ranks |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in runs.values():
+            frac = "-" if r.get("latency_fraction") is None else f"{r['latency_fraction']:.3f}"
+            lines.append(
+                f"| {r['plan']} | {frac} | {r['epochs']} | {r['lr']} | {r['seed']} | "
+                f"{r['top1_no_finetune']:.2f} | {r['top1_decomposed']:.2f} | "
+                f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
+            )
+        lines.append("")
+        by_plan: dict[str, list[float]] = {}
+        for r in runs.values():
+            by_plan.setdefault(r["plan"], []).append(r["top1_decomposed"])
+        if "energy_pad16" in by_plan:
+            base = sum(by_plan["energy_pad16"]) / len(by_plan["energy_pad16"])
+            for label in FMNIST_LATENCY_AWARE:
+                if label in by_plan:
+                    mine = sum(by_plan[label]) / len(by_plan[label])
+                    met = "met" if mine >= base else "not met"
+                    seeds = (
+                        f"mean of {len(by_plan[label])} seeds: " if len(by_plan[label]) > 1 else ""
+                    )
+                    lines.append(
+                        f"- {label} ({FMNIST_LATENCY_AWARE[label]}): {seeds}{mine:.2f}% vs "
+                        f"the energy plan's {base:.2f}% at equal measured latency ({met})."
+                    )
+            lines.append("")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Rank selection: energy threshold vs latency-aware", ""]
     lat = result.get("latency")
@@ -421,49 +569,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"({'met' if g['met'] else 'not met'}).",
             "",
         ]
-    fm = result.get("fmnist")
-    if fm:
-        lines += [
-            "## Fashion-MNIST: accuracy at equal measured latency",
-            "",
-            f"Plans chosen from the trained dense resnet18 ({fm['dense_run']}, test top-1 "
-            f"{fm['dense_top1']:.2f}%), timed at 1x28x28.",
-            "",
-        ]
-        lines += _section(fm["plans"])
-        lines += [
-            "Test top-1 right after decomposition, no fine-tuning: "
-            + ", ".join(f"{k} {v:.2f}%" for k, v in fm["top1_no_finetune"].items())
-            + ".",
-            "",
-        ]
-        runs = fm.get("training", {})
-        if runs:
-            lines += [
-                "Fine-tuned from the dense weights with the recipe (`--pretrained`, "
-                "`--rank-plan`, `--energy 1.0`: TRP projects onto exactly the planned ranks):",
-                "",
-                "| plan | kept energy | epochs | lr | top-1 no fine-tuning (%) | top-1 fine-tuned, "
-                "decomposed (%) | MACs reduction | decomposed at the planned ranks |",
-                "|---|---:|---:|---:|---:|---:|---:|---|",
-            ]
-            for r in runs.values():
-                lines.append(
-                    f"| {r['plan']} | {r['plan_kept_energy']:.3f} | {r['epochs']} | {r['lr']} | "
-                    f"{r['top1_no_finetune']:.2f} | {r['top1_decomposed']:.2f} | "
-                    f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
-                )
-            lines.append("")
-            trained = {r["plan"]: r["top1_decomposed"] for r in runs.values()}
-            other = fm["plans"]["equal_latency"][0]["plan"]
-            if "latency_aware" in trained and other in trained:
-                met = trained["latency_aware"] >= trained[other]
-                lines += [
-                    f"Goal: at equal measured latency, the latency-aware plan's Fashion-MNIST "
-                    f"top-1 at least the energy plan's: {trained['latency_aware']:.2f}% vs "
-                    f"{trained[other]:.2f}% ({'met' if met else 'not met'}).",
-                    "",
-                ]
+    if result.get("fmnist"):
+        lines += _fmnist_markdown(result["fmnist"])
     for note in result.get("notes", []):
         lines += [note, ""]
     return "\n".join(lines)
@@ -487,7 +594,13 @@ def main(argv: list[str] | None = None) -> None:
         "--train-plans",
         nargs="+",
         default=None,
-        help="plans to fine-tune (default: the two of the equal-latency comparison)",
+        help="plans to fine-tune (default: all of the equal-latency comparison)",
+    )
+    parser.add_argument(
+        "--sensitivity-images",
+        type=int,
+        default=512,
+        help="Fashion-MNIST training images for the sensitivity-priced plan",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=15)
