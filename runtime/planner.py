@@ -194,10 +194,10 @@ class Planner:
         """Price each useful rank by the output divergence it causes on ``images``
         (``runtime.sensitivity``) instead of the energy it loses; ``select`` and
         ``calibrate`` then minimize the plan's summed divergence."""
-        if progress:
-            n = sum(len(lo.useful()) for lo in self.options)
-            progress(f"sensitivity: {n} layer ranks, a forward pass over {len(images)} images each")
         ranks = {lo.name: [o.rank for o in lo.useful()] for lo in self.options}
+        if progress:
+            n = sum(len(rs) for rs in ranks.values())
+            progress(f"sensitivity: {n} layer ranks, a forward pass over {len(images)} images each")
         self.sensitivity = output_sensitivity(
             self.model, self.scheme, ranks, images, batch_size=batch_size, progress=bool(progress)
         )

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from trp_zoo.convs import ConvGeometry, effective_weight
-from trp_zoo.factorized import FactorizedConv2d
+from trp_zoo.convs import effective_weight
+from trp_zoo.decompose import factorize_conv
 from trp_zoo.lowrank import svd
 from trp_zoo.modules import set_submodule
 from trp_zoo.schemes import get_scheme
@@ -69,22 +69,17 @@ def output_sensitivity(
     if missing:
         raise ValueError(f"not conv layers of this model: {', '.join(missing)}")
     dense = _log_probs(model, images, batch_size)
-    jobs = [(name, int(r)) for name, rs in ranks.items() for r in sorted(set(rs))]
-    result: dict[str, dict[int, float]] = {name: {} for name in ranks}
-    bar = tqdm(total=len(jobs), desc="sensitivity", disable=not progress, leave=False)
+    wanted = {name: sorted({int(r) for r in rs}) for name, rs in ranks.items()}
+    result: dict[str, dict[int, float]] = {name: {} for name in wanted}
+    total = sum(len(rs) for rs in wanted.values())
+    bar = tqdm(total=total, desc="sensitivity", disable=not progress, leave=False)
     try:
-        for name in ranks:
+        for name, layer_ranks in wanted.items():
             conv = modules[name]
             assert isinstance(conv, nn.Conv2d)
-            geom, weight = ConvGeometry.of(conv), effective_weight(conv)
-            bias = conv.bias.detach() if conv.bias is not None else None
-            u, s, vh = svd(sch.to_matrix(weight))
-            for rank in sorted({r for n, r in jobs if n == name}):
-                first, second = sch.factor_weights(u[:, :rank], s[:rank], vh[:rank], geom)
-                layer = FactorizedConv2d.from_factors(
-                    geom, sch, first.to(weight.dtype), second.to(weight.dtype), bias
-                ).to(weight.device)
-                set_submodule(model, name, layer.eval())
+            factors = svd(sch.to_matrix(effective_weight(conv)))
+            for rank in layer_ranks:
+                set_submodule(model, name, factorize_conv(conv, sch, factors, rank))
                 try:
                     out = _log_probs(model, images, batch_size)
                 finally:

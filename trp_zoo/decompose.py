@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Mapping
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .convs import ConvGeometry, effective_weight
 from .criteria import RankCriterion, RankLike, as_criterion
@@ -74,8 +74,7 @@ def decompose(
         _check_plan_ranks(plan, targets, sch)
     for name, conv in targets.items():
         geom = ConvGeometry.of(conv)
-        weight = effective_weight(conv)
-        u, s, vh = svd(sch.to_matrix(weight), method)
+        u, s, vh = svd(sch.to_matrix(effective_weight(conv)), method)
         r = plan[name] if plan is not None else criterion(s.float())  # type: ignore[misc]
         if not sch.lowers_cost(geom, r):
             msg = (
@@ -86,14 +85,24 @@ def decompose(
                 warnings.warn(msg, stacklevel=2)
             logger.info(msg)
             continue
-        first, second = sch.factor_weights(u[:, :r], s[:r], vh[:r], geom)
-        bias = conv.bias.detach() if conv.bias is not None else None
-        layer = FactorizedConv2d.from_factors(
-            geom, sch, first.to(weight.dtype), second.to(weight.dtype), bias
-        )
-        layer.train(conv.training)
-        set_submodule(new, name, layer)
+        set_submodule(new, name, factorize_conv(conv, sch, (u, s, vh), r))
     return new
+
+
+def factorize_conv(
+    conv: nn.Conv2d, scheme: Scheme, factors: tuple[Tensor, Tensor, Tensor], rank: int
+) -> FactorizedConv2d:
+    """``conv`` factorized at ``rank`` from ``factors``, the thin SVD ``(u, s, vh)`` of its
+    effective weight under ``scheme``: kernels in the weight's dtype, the conv's bias and
+    training mode kept."""
+    u, s, vh = factors
+    geom = ConvGeometry.of(conv)
+    first, second = scheme.factor_weights(u[:, :rank], s[:rank], vh[:rank], geom)
+    dtype = conv.weight.dtype
+    bias = conv.bias.detach() if conv.bias is not None else None
+    layer = FactorizedConv2d.from_factors(geom, scheme, first.to(dtype), second.to(dtype), bias)
+    layer.train(conv.training)
+    return layer
 
 
 def factorize_architecture(
