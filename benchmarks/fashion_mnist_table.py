@@ -24,73 +24,36 @@ import argparse
 import copy
 import dataclasses
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from fmnist_runs import DEFAULTS, ROOT, train_row, trained_dense
 
 import trp_zoo
 from trp_zoo import EnergyThreshold, compare_cost, decompose, rank_plan
 from trp_zoo.fileio import write_json, write_text
-from trp_zoo.train import TrainConfig
+from trp_zoo.rank_selection import energy_for_macs
 from trp_zoo.train.checkpoint import load_latest
 from trp_zoo.train.data import build_data
 from trp_zoo.train.distributed import init_distributed
 from trp_zoo.train.engine import Trainer
-from trp_zoo.train.recipe import run_recipe
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-from fashion_mnist_resnet18 import DEFAULTS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def train_row(name: str, work: Path, common: list[str], extra: list[str]) -> dict[str, Any]:
-    """Run the recipe for one row (or reuse / resume an earlier run of it)."""
-    out = work / name
-    done = out / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    argv = [*common, *extra, "--output-dir", str(out)]
-    if load_latest(out) is not None:
-        argv.append("--resume")
-    print(f"== {name}: {' '.join(argv)}", flush=True)
-    result = run_recipe(DEFAULTS, "recipes/fashion_mnist_resnet18.py", argv)
-    result.pop("decomposed_model", None)
-    return result
-
-
-def trained_dense(work: Path, data_cfg: TrainConfig) -> torch.nn.Module:
-    """The dense baseline's final weights (from the last checkpoint of its run in ``work``)."""
-    import timm
-
-    ckpt = load_latest(work)
-    if ckpt is None:
-        raise SystemExit("the dense baseline run has no checkpoint")
-    model = timm.create_model(data_cfg.model, num_classes=10, in_chans=1)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def energy_for_macs(
+def svd_energy_for_macs(
     model: torch.nn.Module, target_macs: int, input_size: tuple[int, int, int]
 ) -> float:
-    """Bisection on one energy threshold so the decomposed model's MACs reach ``target_macs``."""
-    lo, hi = 0.05, 0.99999
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        macs = trp_zoo.count_flops(
-            decompose(model, "channel", rank=EnergyThreshold(mid), method="gram"), input_size
-        )
-        if macs > target_macs:
-            hi = mid
-        else:
-            lo = mid
-    return lo
+    """The energy threshold whose direct SVD of ``model`` reaches ``target_macs``."""
+
+    def macs_at(energy: float) -> int:
+        low = decompose(model, "channel", rank=EnergyThreshold(energy), method="gram")
+        return trp_zoo.count_flops(low, input_size)
+
+    return energy_for_macs(macs_at, target_macs, low=0.05, high=0.99999, steps=30)
 
 
 def main() -> None:
@@ -153,7 +116,7 @@ def direct_svd(args: argparse.Namespace, rows: dict[str, Any], trp_tag: str) -> 
     )
     dense = trained_dense(args.work_dir / f"dense_ep{args.epochs}", cfg)
     target = rows["trp_channel"]["decomposed"]["macs"]
-    energy = energy_for_macs(dense, target, data.input_size)
+    energy = svd_energy_for_macs(dense, target, data.input_size)
     direct = decompose(dense, "channel", rank=EnergyThreshold(energy))
     info = init_distributed("cpu")
     trainer = Trainer(cfg, copy.deepcopy(direct), data, info)

@@ -44,7 +44,6 @@ learned importance. ONNX Runtime on CPU, one intra-op thread, spinning off.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import sys
@@ -54,14 +53,17 @@ from typing import Any
 
 import timm
 import torch
+from fmnist_runs import evaluation_trainer, train_row, trained_dense
+from torch import nn
 
 from runtime.costs import CostCache, Target
-from runtime.io import atomic_write_text
+from runtime.data import sensitivity_images
 from runtime.planner import Planner
-from runtime.rank_plans import padded_plan
 from runtime.report import environment, load_average
 from trp_zoo import decompose
-from trp_zoo.fileio import write_json
+from trp_zoo.fileio import write_json, write_text
+from trp_zoo.rank_alignment import padded_plan
+from trp_zoo.rank_selection import energy_for_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rank_selection.json"
@@ -71,16 +73,12 @@ GOAL_ARCH, GOAL_BATCH, GOAL_QUOTIENT = "resnet50", 8, 1.0
 TOLERANCE = 0.03  # equal latency: measured fractions within 3%
 
 
-def energy_for_macs(planner: Planner, fraction: float) -> tuple[float, dict[str, int]]:
+def energy_plan_for_macs(planner: Planner, fraction: float) -> tuple[float, dict[str, int]]:
     """The energy threshold whose plan has the largest MACs at or below ``fraction``."""
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if planner.macs(planner.energy_plan(mid)) <= fraction * planner.dense_macs:
-            lo = mid
-        else:
-            hi = mid
-    return lo, planner.energy_plan(lo)
+    energy = energy_for_macs(
+        lambda e: planner.macs(planner.energy_plan(e)), fraction * planner.dense_macs
+    )
+    return energy, planner.energy_plan(energy)
 
 
 def describe(
@@ -139,7 +137,7 @@ def compare(
     started = time.time()
     planner = Planner(model, target, SCHEME, cache=cache, runs=runs, warmup=warmup, progress=log)
     table_seconds = time.time() - started
-    threshold, energy = energy_for_macs(planner, 1.0 / macs_reduction)
+    threshold, energy = energy_plan_for_macs(planner, 1.0 / macs_reduction)
     geoms = {n: lc.probe.geom for n, lc in planner.table.layers.items()}
     energy16 = padded_plan(energy, geoms, SCHEME, 16)
     la_macs = planner.select(macs=planner.macs(energy) / planner.dense_macs)
@@ -207,7 +205,7 @@ def save_results(path: Path, result: dict[str, Any]) -> None:
     result["environment"] = environment()
     result["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_json(path, result)
-    atomic_write_text(path.with_suffix(".md"), markdown(result))
+    write_text(path.with_suffix(".md"), markdown(result))
 
 
 def stage_latency(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -249,33 +247,9 @@ def goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
 FMNIST_SIZE = (1, 28, 28)
 
 
-def _table_module() -> Any:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fashion_mnist_table  # the recipe in-process (resumable) and the dense run's weights
-
-    return fashion_mnist_table
-
-
-def _fmnist_trainer(out: Path) -> Any:
-    """A recipe trainer (no TRP) to evaluate models on the Fashion-MNIST test set."""
-    from trp_zoo.train.data import build_data
-    from trp_zoo.train.distributed import init_distributed
-    from trp_zoo.train.engine import Trainer
-
-    table = _table_module()
-    cfg = dataclasses.replace(table.DEFAULTS, trp=False, progress=False, output_dir=str(out))
-    data = build_data("fashion_mnist", None)
-    model = timm.create_model(cfg.model, num_classes=10, in_chans=1)
-    return Trainer(cfg, model, data, init_distributed("cpu"))
-
-
-def fmnist_sensitivity_images(count: int) -> torch.Tensor:
+def fmnist_sensitivity_images(model: nn.Module, count: int) -> torch.Tensor:
     """The first ``count`` Fashion-MNIST training images, normalized as the recipe does."""
-    from runtime.data import fashion_mnist
-    from trp_zoo.data.fashion_mnist import MEAN, STD
-
-    data = fashion_mnist(FMNIST_SIZE, (MEAN,), (STD,), max_images=count, split="train")
-    return torch.cat([x for x, _ in data.batches(256)])
+    return sensitivity_images("fashion-mnist", model, FMNIST_SIZE, count)
 
 
 # the plans compared at equal measured latency on Fashion-MNIST, after the energy plan
@@ -290,15 +264,8 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
     """Plans for the trained dense Fashion-MNIST resnet18 (``--dense-run``), timed at 1x28x28,
     the latency-aware variants calibrated to the padded energy plan's measured latency, and
     each plan's top-1 right after decomposition (no fine-tuning)."""
-    table = _table_module()
-    if table.load_latest(args.dense_run) is None:
-        raise SystemExit(
-            f"no trained dense model in {args.dense_run}: train it first with "
-            "python benchmarks/fashion_mnist_table.py --epochs 5 (its dense row), or "
-            "recipes/fashion_mnist_resnet18.py --no-trp --output-dir DIR, and pass --dense-run DIR"
-        )
     fm_dir = args.work_dir / "fmnist"
-    dense = table.trained_dense(args.dense_run, table.DEFAULTS)
+    dense = trained_dense(args.dense_run)
     weights = fm_dir / "dense.pth"
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dense.state_dict(), weights)
@@ -328,7 +295,7 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
         fraction, tolerance=TOLERANCE, min_quotient=None, **timing
     )
     plans["latency_aware"] = la.plan
-    images = fmnist_sensitivity_images(args.sensitivity_images)
+    images = fmnist_sensitivity_images(dense, args.sensitivity_images)
     started = time.time()
     planner.use_sensitivity(images, progress=log)
     sensitivity_seconds = time.time() - started
@@ -349,7 +316,7 @@ def stage_fmnist_plans(args: argparse.Namespace, result: dict[str, Any]) -> None
         entry["calibration"] = calibrations.get(label)
         equal.append(entry)
 
-    evaluator = _fmnist_trainer(fm_dir / "eval")
+    evaluator = evaluation_trainer(fm_dir / "eval")
     _, dense_top1 = evaluator.evaluate(dense)
     files, top1 = {}, {}
     for label, plan in {"energy": energy, **plans}.items():
@@ -381,7 +348,6 @@ def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None
     fm = result.get("fmnist")
     if not fm or "equal_latency" not in fm:
         raise SystemExit("run the fmnist-plans stage first")
-    table = _table_module()
     weights = args.work_dir / "fmnist" / "dense.pth"
     common = ["--epochs", str(args.epochs), "--energy", "1.0", "--seed", str(args.seed)]
     common += ["--lr", str(args.finetune_lr), "--warmup-epochs", "0", "--pretrained", str(weights)]
@@ -391,9 +357,7 @@ def stage_fmnist_train(args: argparse.Namespace, result: dict[str, Any]) -> None
     for label in args.train_plans or list(rows):
         plan_file = ROOT / fm["plan_files"][label]
         run = f"{label}_ft{args.epochs}_lr{args.finetune_lr}_seed{args.seed}"
-        out = table.train_row(
-            run, args.work_dir / "fmnist", common, ["--rank-plan", str(plan_file)]
-        )
+        out = train_row(run, args.work_dir / "fmnist", common, ["--rank-plan", str(plan_file)])
         low = out.get("decomposed") or {}
         trained[run] = {
             "plan": label,

@@ -32,12 +32,11 @@ from runtime.backends import get_backend
 from runtime.build import build_engine_file
 from runtime.engine import Engine
 from runtime.export import export_onnx
-from runtime.io import atomic_write_text
 from runtime.latency import measure_interleaved
-from runtime.rank_plans import aligned_rank_plan
 from runtime.report import environment, load_average
 from runtime.spec import BuildOptions
-from trp_zoo.fileio import write_json
+from trp_zoo.fileio import write_json, write_text
+from trp_zoo.rank_alignment import aligned_rank_plan
 
 RESULTS = Path(__file__).parent / "results" / "runtime_speedup.json"
 INPUT_SIZE = (3, 224, 224)
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         "goal": _goal(rows),
     }
     write_json(args.output, result)
-    atomic_write_text(args.output.with_suffix(".md"), to_markdown(result))
+    write_text(args.output.with_suffix(".md"), to_markdown(result))
     print(to_markdown(result))
 
 

@@ -28,10 +28,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import trp_zoo
 from trp_zoo import TRP
 from trp_zoo.data import load_fashion_mnist
 from trp_zoo.data.fashion_mnist import MEAN, STD
+from trp_zoo.environment import software_versions
 from trp_zoo.lowrank import METHODS, Method
 
 RESULTS = Path(__file__).parent / "results" / "trp_overhead.json"
@@ -159,12 +159,8 @@ def main() -> None:
         "projection_s_by_method_on_final_weights": {
             m: round(projection_cost(trained, m), 4) for m in METHODS
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-        },
-        "trp_zoo": trp_zoo.__version__,
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "software": software_versions(),
         "command": "python benchmarks/trp_overhead.py",
         "date": time.strftime("%Y-%m-%d"),
     }

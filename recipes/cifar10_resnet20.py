@@ -7,6 +7,7 @@ epochs 82 and 122; TRP keeps 90% energy every 5 steps, nuclear weight 3e-4.
     python recipes/cifar10_resnet20.py --data-dir data/cifar-10-batches-py --scheme spatial
 """
 
+from runtime.target_plan import plan_for_target
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.recipe import main
 
@@ -30,4 +31,4 @@ DEFAULTS = TrainConfig(
 )
 
 if __name__ == "__main__":
-    main(DEFAULTS, "recipes/cifar10_resnet20.py", __doc__)
+    main(DEFAULTS, "recipes/cifar10_resnet20.py", __doc__, target_planner=plan_for_target)

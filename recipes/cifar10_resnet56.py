@@ -7,6 +7,7 @@ import dataclasses
 
 from cifar10_resnet20 import DEFAULTS as RESNET20
 
+from runtime.target_plan import plan_for_target
 from trp_zoo.train.recipe import main
 
 DEFAULTS = dataclasses.replace(
@@ -17,4 +18,4 @@ DEFAULTS = dataclasses.replace(
 )
 
 if __name__ == "__main__":
-    main(DEFAULTS, "recipes/cifar10_resnet56.py", __doc__)
+    main(DEFAULTS, "recipes/cifar10_resnet56.py", __doc__, target_planner=plan_for_target)

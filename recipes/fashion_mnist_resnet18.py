@@ -6,6 +6,7 @@ model without fine-tuning and saves it. Runs on a 2-core CPU; torchrun for more.
     python recipes/fashion_mnist_resnet18.py --epochs 4 --output-dir runs/fmnist
 """
 
+from runtime.target_plan import plan_for_target
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.recipe import main
 
@@ -26,4 +27,4 @@ DEFAULTS = TrainConfig(
 )
 
 if __name__ == "__main__":
-    main(DEFAULTS, "recipes/fashion_mnist_resnet18.py", __doc__)
+    main(DEFAULTS, "recipes/fashion_mnist_resnet18.py", __doc__, target_planner=plan_for_target)

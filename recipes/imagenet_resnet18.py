@@ -10,6 +10,7 @@ import dataclasses
 
 from imagenet_resnet50 import DEFAULTS as RESNET50
 
+from runtime.target_plan import plan_for_target
 from trp_zoo.train.recipe import main
 
 DEFAULTS = dataclasses.replace(
@@ -22,4 +23,4 @@ DEFAULTS = dataclasses.replace(
 )
 
 if __name__ == "__main__":
-    main(DEFAULTS, "recipes/imagenet_resnet18.py", __doc__)
+    main(DEFAULTS, "recipes/imagenet_resnet18.py", __doc__, target_planner=plan_for_target)

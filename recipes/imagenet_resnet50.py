@@ -8,6 +8,7 @@ Multi-GPU:
     torchrun --nproc_per_node=8 recipes/imagenet_resnet50.py --data-dir /data/imagenet
 """
 
+from runtime.target_plan import plan_for_target
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.recipe import main
 
@@ -33,4 +34,4 @@ DEFAULTS = TrainConfig(
 )
 
 if __name__ == "__main__":
-    main(DEFAULTS, "recipes/imagenet_resnet50.py", __doc__)
+    main(DEFAULTS, "recipes/imagenet_resnet50.py", __doc__, target_planner=plan_for_target)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from torch import nn
 
+from trp_zoo.fileio import sha256_file
+from trp_zoo.paths import zoo_subdir
+
 from .backends import get_backend
 from .backends.base import Backend
 from .engine import Engine
 from .export import DEFAULT_OPSET, export_onnx, onnx_io
-from .io import sha256_file
 from .spec import BuildOptions, EngineMetadata, check_input_size, save_metadata, stale_reason
 
 logger = logging.getLogger(__name__)
@@ -33,10 +35,9 @@ class BuiltEngine:
 
 
 def default_timing_cache(backend_version: str, device: str) -> Path:
-    """Per TensorRT version and GPU: ``$XDG_CACHE_HOME/trp_zoo/tensorrt/<version>-<gpu>.cache``."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """Per TensorRT version and GPU: ``$TRP_ZOO_HOME/tensorrt/timing-<version>-<gpu>.cache``."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{backend_version}-{device}").strip("-")
-    return root / "trp_zoo" / "tensorrt" / f"timing-{slug}.cache"
+    return zoo_subdir("tensorrt") / f"timing-{slug}.cache"
 
 
 def build_engine_file(

@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="TensorRT timing cache file (default: per TensorRT version and GPU "
-        "under ~/.cache/trp_zoo/tensorrt)",
+        "under $TRP_ZOO_HOME/tensorrt)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument(

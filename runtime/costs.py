@@ -42,8 +42,9 @@ from torch import nn
 
 from trp_zoo.convs import ConvGeometry, is_plain
 from trp_zoo.fileio import write_json
+from trp_zoo.layer_shapes import conv_shapes
+from trp_zoo.paths import zoo_subdir
 from trp_zoo.schemes import Scheme, get_scheme
-from trp_zoo.store import zoo_home
 from trp_zoo.targets import Patterns, select_targets
 
 from .backends import check_precision, get_backend
@@ -53,7 +54,6 @@ from .engine import Engine
 from .export import DEFAULT_OPSET, export_onnx
 from .latency import LatencyStats, measure_interleaved
 from .report import load_average
-from .shapes import conv_shapes
 from .spec import PRECISIONS, BuildOptions, check_input_size
 
 FORMAT_VERSION = 1
@@ -65,7 +65,7 @@ Progress = Callable[[str], None] | None
 
 def default_cache_dir() -> Path:
     """``$TRP_ZOO_HOME/costs`` (default ``~/.cache/trp_zoo/costs``)."""
-    return zoo_home() / "costs"
+    return zoo_subdir("costs")
 
 
 # ----------------------------------------------------------------------------- target

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .errors import DataError
 
@@ -161,3 +162,33 @@ def resolve_eval_data(
     except FileNotFoundError:
         return image_folder(data, data_config, max_images=max_images)
     return fashion_mnist(input_size, mean, std, max_images=max_images, root=folder, split=split)
+
+
+def sensitivity_images(
+    data: str, model: nn.Module, input_size: tuple[int, int, int], count: int
+) -> torch.Tensor:
+    """The first ``count`` training images of ``data`` (``fashion-mnist``, a directory of
+    its IDX files, or an ImageFolder of training images), preprocessed for ``model``: what
+    rank sensitivity is measured on (``trp_zoo.sensitivity``)."""
+    if data == RANDOM:
+        raise DataError(
+            "random inputs say nothing about what the model has learned; pass fashion-mnist "
+            "or an ImageFolder directory of training images"
+        )
+    if count < 1:
+        raise DataError(f"sensitivity needs at least one image, got {count}")
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if input_size[0] == 1 and len(cfg.get("mean") or ()) != 1:
+        # a one-channel timm model keeps ImageNet's three-channel statistics in its
+        # config; normalize as the Fashion-MNIST recipe trains instead
+        from trp_zoo.data.fashion_mnist import MEAN, STD
+
+        cfg["mean"], cfg["std"] = (MEAN,), (STD,)
+    images = resolve_eval_data(
+        data,
+        input_size=input_size,
+        data_config={**cfg, "input_size": input_size},
+        max_images=count,
+        split="train",
+    )
+    return torch.cat([x for x, _ in images.batches(256)])

@@ -9,11 +9,12 @@ from typing import Any, overload
 import numpy as np
 import torch
 
+from trp_zoo.fileio import sha256_file
+
 from .backends import get_backend
 from .backends.base import Session
 from .errors import EngineError, ExportError
 from .export import onnx_io
-from .io import sha256_file
 from .spec import BatchProfile, EngineMetadata, metadata_path, read_metadata
 
 REBUILD_HINT = "rebuild it with python -m runtime.build_engine"

@@ -1,10 +1,16 @@
-"""Errors the runtime raises; each message names the problem and the fix."""
+"""Errors the runtime raises; each message names the problem and the fix.
+
+They derive from ``trp_zoo.errors.ZooError``, the one root every command line catches;
+data problems raise the library's ``DataError``.
+"""
 
 from __future__ import annotations
 
+from trp_zoo.errors import DataError, ZooError
 
-class RuntimeToolError(Exception):
-    """Base class of the runtime's errors."""
+
+class RuntimeToolError(ZooError):
+    """Base class of the runtime's own errors (engines, export, backends)."""
 
 
 class EngineError(RuntimeToolError, ValueError):
@@ -19,5 +25,4 @@ class BackendUnavailableError(RuntimeToolError, RuntimeError):
     """The requested backend (its package or its device) is not present on this machine."""
 
 
-class DataError(RuntimeToolError, ValueError):
-    """The evaluation data cannot be found or does not fit the model."""
+__all__ = ["BackendUnavailableError", "DataError", "EngineError", "ExportError", "RuntimeToolError"]

@@ -23,10 +23,9 @@ import onnx
 import torch
 from torch import nn
 
-from trp_zoo.fileio import write_json
+from trp_zoo.fileio import sha256_file, write_bytes, write_json
 
 from .errors import ExportError
-from .io import atomic_write_bytes, sha256_file
 from .spec import check_input_size
 
 INPUT_NAME = "input"
@@ -94,7 +93,7 @@ def export_onnx(
     try:
         example = torch.randn(2, *size, generator=torch.Generator().manual_seed(seed))
         proto = _export_proto(model, example, opset)
-        atomic_write_bytes(path, proto.SerializeToString())
+        write_bytes(path, proto.SerializeToString())
         check_onnx(path)
         diff = compare_with_torch(path, model, size, batch=check_batch, seed=seed + 1)
     finally:

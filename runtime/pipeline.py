@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 import trp_zoo
+from trp_zoo.rank_alignment import pad_ranks
 
 from .backends import check_precision, get_backend
 from .build import build_engine_file, model_input_size
@@ -23,7 +24,6 @@ from .engine import Engine
 from .errors import ExportError
 from .export import DEFAULT_OPSET, ExportedModel, export_onnx
 from .latency import measure_interleaved
-from .rank_plans import pad_ranks
 from .report import environment, write_report
 from .sources import load_source
 from .spec import BuildOptions, check_input_size

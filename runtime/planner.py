@@ -26,23 +26,22 @@ from typing import Any
 from torch import Tensor, nn
 
 import trp_zoo
-from trp_zoo.targets import Patterns
-
-from .costs import CostCache, CostTable, Progress, Target, cost_table, latencies, model_latency
-from .latency import LatencyStats
-from .selector import (
+from trp_zoo.rank_selection import (
     Budget,
     LayerOptions,
     Option,
     Proportionality,
     Selection,
     energy_threshold_plan,
-    layer_energy,
     max_saving,
     select_ranks,
-    singular_values,
 )
-from .sensitivity import output_sensitivity
+from trp_zoo.sensitivity import output_sensitivity
+from trp_zoo.spectra import energy_curve, layer_spectra
+from trp_zoo.targets import Patterns
+
+from .costs import CostCache, CostTable, Progress, Target, cost_table, latencies, model_latency
+from .latency import LatencyStats
 
 
 def check_fraction(value: object, what: str) -> float:
@@ -167,8 +166,9 @@ class Planner:
             progress=progress,
         )
         self.dense_macs = trp_zoo.count_flops(self.model, target.input_size)
-        self.spectra = singular_values(self.model, self.scheme, list(self.table.layers))
-        self.energies = {n: layer_energy(s) for n, s in self.spectra.items()}
+        modules = dict(self.model.named_modules())
+        self.spectra = layer_spectra({n: modules[n] for n in self.table.layers}, self.scheme)
+        self.energies = {n: energy_curve(s) for n, s in self.spectra.items()}
         self.options = [
             LayerOptions(
                 name=name,

@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trp_zoo.fileio import write_json
-
-from .io import atomic_write_text
+from trp_zoo.environment import software_versions
+from trp_zoo.fileio import write_json, write_text
 
 
 def load_average() -> float | None:
@@ -21,17 +20,10 @@ def load_average() -> float | None:
 
 def environment() -> dict[str, Any]:
     """Versions of the libraries that produced the numbers, and the machine."""
-    import onnx
-    import onnxruntime
-    import torch
-
     from .backends.onnxruntime import cpu_name
 
     env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        **software_versions(("trp-zoo", "torch", "onnx", "onnxruntime")),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -51,7 +43,7 @@ def write_report(
     out = Path(output_dir)
     json_path = out / "report.json"
     write_json(json_path, report)
-    md_path = atomic_write_text(out / "report.md", to_markdown(report))
+    md_path = write_text(out / "report.md", to_markdown(report))
     return json_path, md_path
 
 

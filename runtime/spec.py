@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trp_zoo.fileio import write_json
+from trp_zoo.fileio import sha256_file, write_json
 
 from .errors import EngineError
-from .io import sha256_file
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -1,6 +1,6 @@
 """Latency-aware rank selection: per-layer cost tables timed on ONNX Runtime and cached
 (``runtime.costs``), the knapsack selector (``runtime.selector``), the planner
-(``runtime.planner``), ``python -m trp_zoo plan`` and the recipes' ``--target-latency``."""
+(``runtime.planner``), ``python -m runtime.plan`` and the recipes' ``--target-latency``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import runtime.costs
+import runtime.plan
 import runtime.planner
 import trp_zoo
 from runtime.costs import (
@@ -33,22 +34,21 @@ from runtime.costs import (
 )
 from runtime.latency import LatencyStats
 from runtime.planner import Planner, check_fraction, plan_ranks
-from runtime.selector import (
+from tests.runtime_models import seed_cost_cache
+from runtime.plan import main as plan_main
+from trp_zoo.convs import ConvGeometry
+from trp_zoo.criteria import EnergyThreshold
+from trp_zoo.factorized import FactorizedConv2d
+from trp_zoo.rank_selection import (
     LayerOptions,
     Option,
     Proportionality,
     energy_threshold_plan,
-    layer_energy,
     max_saving,
     select_ranks,
-    singular_values,
 )
-from tests.runtime_models import seed_cost_cache
-from trp_zoo.__main__ import main as zoo_main
-from trp_zoo.convs import ConvGeometry
-from trp_zoo.criteria import EnergyThreshold
-from trp_zoo.factorized import FactorizedConv2d
 from trp_zoo.schemes import get_scheme
+from trp_zoo.spectra import energy_curve, layer_spectra
 from trp_zoo.train.config import (
     TrainConfig,
     build_parser,
@@ -339,7 +339,7 @@ def test_aligned_ranks_are_chosen_when_they_are_the_faster_ones() -> None:
 
 def test_the_layer_losing_less_energy_is_cut() -> None:
     def spectrum_layer(name: str, s: torch.Tensor) -> LayerOptions:
-        e = layer_energy(s)
+        e = energy_curve(s)
         return layer(name, 1.0, {r: (0.5, float(e[r - 1])) for r in (8, 16)})
 
     flat = spectrum_layer("flat", torch.ones(64))
@@ -452,8 +452,8 @@ def test_selector_errors_and_the_empty_budget() -> None:
 def test_singular_values_agree_with_svdvals(scheme: str) -> None:
     model = tiny_net()
     names = ["stem", "conv1", "conv4"]
-    spectra = singular_values(model, scheme, names)
     modules = dict(model.named_modules())
+    spectra = layer_spectra({n: modules[n] for n in names}, scheme)
     for name in names:
         matrix = get_scheme(scheme).to_matrix(modules[name].weight.detach()).double()
         expected = torch.linalg.svdvals(matrix)
@@ -462,17 +462,17 @@ def test_singular_values_agree_with_svdvals(scheme: str) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6 * float(expected[0]))
 
 
-def test_layer_energy() -> None:
+def test_energy_curve() -> None:
     s = torch.tensor([3.0, 2.0, 1.0, 0.0])
-    np.testing.assert_allclose(layer_energy(s), [9 / 14, 13 / 14, 1.0, 1.0])
-    np.testing.assert_array_equal(layer_energy(torch.zeros(5)), np.ones(5))
+    np.testing.assert_allclose(energy_curve(s), [9 / 14, 13 / 14, 1.0, 1.0])
+    np.testing.assert_array_equal(energy_curve(torch.zeros(5)), np.ones(5))
 
 
 def test_energy_threshold_plan_follows_the_energy_criterion() -> None:
     model = tiny_net()
     names = ["stem", "conv1", "conv2", "conv4"]
-    spectra = singular_values(model, "channel", names)
     modules = dict(model.named_modules())
+    spectra = layer_spectra({n: modules[n] for n in names}, "channel")
     geoms = {n: ConvGeometry.of(modules[n]) for n in names}
     sch = get_scheme("channel")
     plans = {}
@@ -480,7 +480,7 @@ def test_energy_threshold_plan_follows_the_energy_criterion() -> None:
         plans[energy] = plan = energy_threshold_plan(spectra, geoms, "channel", energy)
         for name in names:
             rank = EnergyThreshold(energy)(spectra[name].float())
-            e = layer_energy(spectra[name])
+            e = energy_curve(spectra[name])
             assert e[rank - 1] >= energy - 1e-5 and (rank == 1 or e[rank - 2] < energy + 1e-5)
             assert plan.get(name) == (rank if sch.lowers_cost(geoms[name], rank) else None)
     # conv1 (8->64 3x3) is cheaper up to rank 33: cut for 30% of its energy, not for 90%
@@ -676,7 +676,6 @@ def cli_model() -> nn.Module:
 
 def plan_args(cache: Path, *extra: str) -> list[str]:
     return [
-        "plan",
         "--model",
         CLI_MODEL,
         "--input-size",
@@ -704,7 +703,7 @@ def test_cli_plan_writes_a_plan_that_rank_plan_and_decompose_take(
     )
     no_timing(monkeypatch, "measure_layer")  # whole models are timed, for --measure only
     out_file = tmp_path / "plan.json"
-    rc = zoo_main(plan_args(tmp_path / "costs", "--latency", "0.7", "--output", str(out_file)))
+    rc = plan_main(plan_args(tmp_path / "costs", "--latency", "0.7", "--output", str(out_file)))
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     candidates = [n for n, c in seeded.items() if c.rank_ms]
@@ -738,12 +737,12 @@ def test_cli_plan_calibrates_to_the_measured_latency(
     no_timing(monkeypatch, "measure_layer")
     out_file = tmp_path / "plan.json"
     args = plan_args(tmp_path / "costs", "--latency", "0.7", "--calibrate", "2")
-    assert zoo_main([*args, "--output", str(out_file)]) == 0, capsys.readouterr().err
+    assert plan_main([*args, "--output", str(out_file)]) == 0, capsys.readouterr().err
     out = json.loads(out_file.read_text())
     attempts = out["calibration"]
     assert 1 <= len(attempts) <= 2 and attempts[0]["budget"] == 0.7
     assert out["measured"]["latency_fraction"] == pytest.approx(attempts[-1]["measured"])
-    assert zoo_main(plan_args(tmp_path / "costs", "--macs", "0.6", "--calibrate", "2")) == 2
+    assert plan_main(plan_args(tmp_path / "costs", "--macs", "0.6", "--calibrate", "2")) == 2
     assert "--calibrate corrects a --latency budget" in capsys.readouterr().err
 
 
@@ -755,8 +754,8 @@ def test_cli_plan_rejects_a_bad_budget_without_measuring(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     no_timing(monkeypatch)
-    monkeypatch.setattr(runtime.planner, "Planner", None)
-    assert zoo_main(plan_args(tmp_path / "costs", "--latency", budget)) == 2
+    monkeypatch.setattr(runtime.plan, "Planner", None)  # never reached
+    assert plan_main(plan_args(tmp_path / "costs", "--latency", budget)) == 2
     err = capsys.readouterr().err
     expected = (
         f"latency budget must be a fraction of the dense model in (0, 1], got {float(budget)}"
@@ -764,7 +763,7 @@ def test_cli_plan_rejects_a_bad_budget_without_measuring(
     assert expected in err
     assert "Traceback" not in err and not (tmp_path / "costs").exists()
     with pytest.raises(SystemExit) as exit_info:
-        zoo_main(plan_args(tmp_path / "costs", "--latency", "x"))
+        plan_main(plan_args(tmp_path / "costs", "--latency", "x"))
     assert exit_info.value.code == 2 and "invalid float value" in capsys.readouterr().err
 
 

@@ -5,7 +5,7 @@ import timm
 import torch
 
 import trp_zoo
-from runtime.rank_plans import aligned_rank_plan, pad_ranks
+from trp_zoo.rank_alignment import aligned_rank_plan, pad_ranks
 from trp_zoo.targets import select_targets
 
 SIZE = (3, 32, 32)

@@ -1,5 +1,5 @@
 """Measured sensitivity (``runtime.sensitivity``) and rank plans priced by it: the selector,
-the planner and ``python -m trp_zoo plan --sensitivity-data``."""
+the planner and ``python -m runtime.plan --sensitivity-data``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import trp_zoo
 from runtime.costs import CostCache, Target
 from runtime.data import fashion_mnist
 from runtime.planner import Planner
-from runtime.selector import LayerOptions, Option, select_ranks
-from runtime.sensitivity import output_sensitivity
 from tests.fakedata import write_fashion_mnist
 from tests.runtime_models import seed_cost_cache
 from tests.test_rank_selection import (
@@ -30,7 +28,9 @@ from tests.test_rank_selection import (
     target,
     tiny_net,
 )
-from trp_zoo.__main__ import main as zoo_main
+from runtime.plan import main as plan_main
+from trp_zoo.rank_selection import LayerOptions, Option, select_ranks
+from trp_zoo.sensitivity import output_sensitivity
 
 
 def images(count: int = 32) -> torch.Tensor:
@@ -157,7 +157,7 @@ def test_fashion_mnist_train_split_for_sensitivity(tmp_path: Path) -> None:
 def cli_plan(tmp_path: Path, *extra: str) -> tuple[int, Any]:
     out_file = tmp_path / "plan.json"
     args = plan_args(tmp_path / "costs", "--latency", "0.7", "--no-measure", *extra)
-    rc = zoo_main([*args, "--output", str(out_file)])
+    rc = plan_main([*args, "--output", str(out_file)])
     return rc, json.loads(out_file.read_text()) if out_file.exists() else None
 
 

@@ -15,8 +15,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-import torch
+import numpy as np
 from torch import Tensor
+
+from .spectra import energy_curve
 
 
 class RankCriterion(ABC):
@@ -54,10 +56,9 @@ class EnergyThreshold(RankCriterion):
         self.energy = float(energy)
 
     def _first_reaching(self, s: Tensor, total: float) -> int | None:
-        cum = torch.cumsum(s.double() ** 2, 0)
         # a small tolerance so that energy=1.0 keeps every non-zero value despite rounding
-        hit = torch.nonzero(cum >= self.energy * total * (1 - 1e-12))
-        return int(hit[0]) + 1 if hit.numel() else None
+        hit = np.flatnonzero(energy_curve(s, total) >= self.energy * (1 - 1e-12))
+        return int(hit[0]) + 1 if hit.size else None
 
     def select(self, s: Tensor) -> int:
         total = float((s.double() ** 2).sum())

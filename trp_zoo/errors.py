@@ -1,14 +1,16 @@
-"""Errors the zoo raises: each message names the problem and the fix.
+"""The errors trp-zoo raises: each message names the problem and the fix.
 
-They subclass the built-in exception a caller would otherwise catch (``ValueError``,
-``LookupError``, ``OSError``), so existing ``except`` clauses keep working.
+``ZooError`` is the one root: the library's errors and the runtime's
+(``runtime.errors``) all derive from it, so a command line catches one class and prints
+one line. Each also subclasses the built-in exception a caller would otherwise catch
+(``ValueError``, ``LookupError``, ``OSError``), so existing ``except`` clauses keep working.
 """
 
 from __future__ import annotations
 
 
 class ZooError(Exception):
-    """Base class of the zoo's errors."""
+    """Base class of every error trp-zoo raises (library and runtime)."""
 
 
 class UnknownModelError(ZooError, ValueError):
@@ -29,3 +31,7 @@ class CheckpointError(ZooError, ValueError):
 
 class PublishError(ZooError, RuntimeError):
     """Publishing a checkpoint failed or was refused."""
+
+
+class DataError(ZooError, ValueError):
+    """Data that cannot be found or is not in the expected on-disk format or shape."""

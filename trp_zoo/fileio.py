@@ -1,4 +1,5 @@
-"""Atomic writes: a file or directory appears complete under its name, or not at all.
+"""Atomic writes (a file or directory appears complete under its name, or not at all) and
+file hashing: the one implementation of both for the library, the runtime and the scripts.
 
 Everything is written next to its destination under a hidden temporary name, flushed,
 and renamed into place; a failure (or ``kill -9``) leaves the previous version intact.
@@ -7,6 +8,7 @@ and renamed into place; a failure (or ``kill -9``) leaves the previous version i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -43,14 +45,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         write(f)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically write ``data``: readers see the old file or the whole new one."""
+    atomic_write(path, lambda f: f.write(data))
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Atomically write a UTF-8 text file."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON."""
-    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -109,3 +117,12 @@ def copy_directory_atomic(src: str | os.PathLike[str], dest: str | os.PathLike[s
             else:
                 shutil.copy2(item, tmp / item.name)
     return dest
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .environment import software_versions
 
 RESULTS_FORMAT = "trp-zoo-results/1"
 
@@ -176,19 +177,6 @@ def how_measured(
             out[key] = f"{where}, {reported}"
         else:
             out[key] = reported
-    return out
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of the packages that wrote a checkpoint."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("trp-zoo", "torch", "timm", "huggingface_hub", "safetensors"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
     return out
 
 

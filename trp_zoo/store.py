@@ -14,18 +14,14 @@ from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config, verify_weights
 from .fileio import copy_directory_atomic
+from .paths import zoo_subdir
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def zoo_home() -> Path:
-    """``$TRP_ZOO_HOME``, or ``~/.cache/trp_zoo``."""
-    return Path(os.environ.get("TRP_ZOO_HOME") or "~/.cache/trp_zoo").expanduser()
-
-
 def store_dir() -> Path:
-    """Where locally recorded checkpoints live."""
-    return zoo_home() / "models"
+    """Where locally recorded checkpoints live: ``$TRP_ZOO_HOME/models``."""
+    return zoo_subdir("models")
 
 
 def check_store_name(name: str) -> None:

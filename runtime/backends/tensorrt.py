@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import tensorrt as trt
 
+from trp_zoo.fileio import write_bytes
+
 from ..errors import EngineError
-from ..io import atomic_write_bytes
 from ..spec import BuildOptions, EngineMetadata
 from .cuda import Buffer, CudaContext, Stream
 
@@ -101,9 +102,9 @@ class TensorRTBackend:
                     f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log "
                     "above); try a larger --workspace or --precision fp32"
                 )
-            atomic_write_bytes(engine_path, bytes(serialized))
+            write_bytes(engine_path, bytes(serialized))
             if cache_file is not None:
-                atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
+                write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
         finally:
             context.close()
         return {

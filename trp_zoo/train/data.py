@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from ..data import fashion_mnist
+from ..errors import DataError
 from ..models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet")
@@ -39,10 +40,6 @@ IMAGENET_LAYOUT = (
     "expected an ImageFolder layout: DIR/train/<class>/<image> and DIR/val/<class>/<image> "
     "with the same class folders in both"
 )
-
-
-class DataError(ValueError):
-    """A data directory is missing or not in the expected on-disk format."""
 
 
 @dataclass

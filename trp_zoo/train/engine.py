@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -30,6 +30,12 @@ from .data import DataBundle, EpochSampler, SeededDataset
 from .distributed import DistInfo, all_sum, barrier
 
 TARGET_PLAN = "target_plan.json"
+
+# ``--target-latency``: (model, config, input size, sensitivity images or None) -> plan JSON;
+# the runtime's ``runtime.target_plan.plan_for_target``, handed in by the recipes
+TargetPlanner = Callable[
+    [nn.Module, TrainConfig, tuple[int, int, int], Tensor | None], dict[str, Any]
+]
 
 
 @dataclass
@@ -65,8 +71,16 @@ class TrainState:
 class Trainer:
     """Trains ``model`` on ``data`` as ``cfg`` says; writes only on rank 0."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, data: DataBundle, info: DistInfo):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        data: DataBundle,
+        info: DistInfo,
+        target_planner: TargetPlanner | None = None,
+    ):
         self.cfg, self.data, self.info = cfg, data, info
+        self.target_planner = target_planner
         self.out = Path(cfg.output_dir)
         self.device = info.device
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -148,9 +162,13 @@ class Trainer:
         kept in the run directory, so a resumed run and every process use the same ranks."""
         path = self.out / TARGET_PLAN
         if self.info.is_main and not (self.cfg.resume and path.is_file()):
-            from .target import plan_for_target
-
-            chosen = plan_for_target(
+            if self.target_planner is None:
+                raise ValueError(
+                    "--target-latency needs a deployment planner: run a recipe script "
+                    "(recipes/*.py), or pass target_planner=runtime.target_plan.plan_for_target "
+                    "to run_recipe / Trainer"
+                )
+            chosen = self.target_planner(
                 self.module, self.cfg, self.data.input_size, self._sensitivity_images()
             )
             write_json(path, chosen)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import platform
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 
-from .. import __version__
 from ..convs import ConvGeometry
 from ..decompose import decompose
+from ..environment import software_versions
 from ..errors import ZooError
 from ..fileio import write_json
 from ..flops import compare_cost
@@ -23,6 +21,7 @@ from ..publish import publish
 from ..registry import get_entry
 from ..saving import save_pretrained
 from ..schemes import get_scheme
+from ..spectra import layer_spectra
 from .config import TrainConfig
 from .engine import Trainer
 from .plots import plot_curves, plot_ranks, plot_spectra
@@ -42,11 +41,7 @@ def _spectra(trainer: Trainer, count: int = 4) -> dict[str, torch.Tensor]:
     picks = sorted(
         {names[i * (len(names) - 1) // max(count - 1, 1)] for i in range(count)}, key=names.index
     )
-    sch = trainer.trp.scheme
-    return {
-        n: torch.linalg.svdvals(sch.to_matrix(trainer.trp.targets[n].weight.detach().double()))
-        for n in picks
-    }
+    return layer_spectra({n: trainer.trp.targets[n] for n in picks}, trainer.trp.scheme)
 
 
 def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
@@ -59,12 +54,7 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         "recipe": recipe,
         "command": command_line(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {
-            "trp_zoo": __version__,
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": software_versions(),
         "config": cfg.to_dict(),
         "data": {
             "name": trainer.data.name,

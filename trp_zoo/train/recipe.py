@@ -13,10 +13,12 @@ import timm
 import torch
 from torch import nn
 
+from ..dense_models import create_dense_model, load_dense_weights
+from ..errors import DataError, ZooError
 from .config import TrainConfig, build_parser, config_from_args
-from .data import DataBundle, DataError, build_data
+from .data import DataBundle, build_data
 from .distributed import DistInfo, cleanup, init_distributed
-from .engine import Trainer
+from .engine import TargetPlanner, Trainer
 from .finalize import finalize
 
 
@@ -28,24 +30,16 @@ def seed_everything(seed: int) -> None:
 
 def create_model(cfg: TrainConfig, data: DataBundle) -> nn.Module:
     """The timm model for ``data``, with dense starting weights from ``--pretrained`` if given."""
-    import trp_zoo.models  # noqa: F401  (registers the CIFAR ResNets)
-
     kwargs = {"num_classes": data.num_classes, "in_chans": data.input_size[0], **cfg.model_kwargs}
     source = cfg.pretrained
     try:
         if source and source.startswith("hf-hub:"):
             return timm.create_model(source, pretrained=True, **kwargs)
-        model = timm.create_model(cfg.model, pretrained=False, **kwargs)
-    except RuntimeError as err:
-        raise SystemExit(f"error: could not create {source or cfg.model}: {err}") from None
-    if source:
-        try:
-            timm.models.load_checkpoint(model, source, strict=True)
-        except (FileNotFoundError, RuntimeError, KeyError) as err:
-            raise SystemExit(
-                f"error: --pretrained {source}: {err}. Give a state-dict file (.pth/.safetensors) "
-                f"of a {cfg.model} with the same number of classes, or an hf-hub:ORG/NAME id."
-            ) from None
+        model = create_dense_model(cfg.model, **kwargs)
+        if source:
+            load_dense_weights(model, source, "--pretrained", cfg.model)
+    except (ZooError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from None
     return model
 
 
@@ -54,8 +48,13 @@ def run_recipe(
     recipe: str,
     argv: Sequence[str] | None = None,
     description: str | None = None,
+    target_planner: TargetPlanner | None = None,
 ) -> dict[str, Any]:
-    """Parse the command line over ``defaults``, train, decompose and report."""
+    """Parse the command line over ``defaults``, train, decompose and report.
+
+    ``target_planner`` chooses the ``--target-latency`` plan (the recipes pass the
+    runtime's ``runtime.target_plan.plan_for_target``; without it that option is refused).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser(defaults, description)
     args = parser.parse_args(argv)
@@ -63,6 +62,11 @@ def run_recipe(
         cfg = config_from_args(defaults, args)
     except ValueError as err:
         parser.error(str(err))
+    if cfg.target_latency is not None and target_planner is None:
+        parser.error(
+            "--target-latency needs the runtime's deployment planner: run it through a recipe "
+            "script in recipes/, or pass target_planner=runtime.target_plan.plan_for_target"
+        )
     info: DistInfo = init_distributed(cfg.device)
     try:
         seed_everything(cfg.seed)
@@ -72,7 +76,7 @@ def run_recipe(
             raise SystemExit(f"error: {err}") from None
         model = create_model(cfg, data)
         try:
-            trainer = Trainer(cfg, model, data, info)
+            trainer = Trainer(cfg, model, data, info, target_planner)
         except ValueError as err:  # settings that cannot work with this model or data
             raise SystemExit(f"error: {err}") from None
         try:
@@ -84,6 +88,11 @@ def run_recipe(
         cleanup(info)
 
 
-def main(defaults: TrainConfig, recipe: str, description: str | None = None) -> None:
+def main(
+    defaults: TrainConfig,
+    recipe: str,
+    description: str | None = None,
+    target_planner: TargetPlanner | None = None,
+) -> None:
     """Entry point for a recipe script."""
-    run_recipe(defaults, recipe, sys.argv[1:], description)
+    run_recipe(defaults, recipe, sys.argv[1:], description, target_planner)

@@ -1,4 +1,9 @@
-"""``--target-latency``: a rank plan chosen for a deployment target at the start of training."""
+"""``--target-latency``: a rank plan chosen for a deployment target at the start of training.
+
+The training engine (``trp_zoo.train``) knows nothing of engines or timing: a recipe hands
+``plan_for_target`` to it (``run_recipe(..., target_planner=plan_for_target)``), and the
+trainer calls it once, on the starting weights, when ``--target-latency`` is set.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from trp_zoo.train.config import TrainConfig
+
+from .costs import Target
+from .errors import RuntimeToolError
+from .planner import plan_ranks
 
 
 def plan_for_target(
@@ -20,14 +29,8 @@ def plan_for_target(
     ``--target-latency`` from the model's current weights and return the plan as JSON
     (``{"plan": {name: rank}, ...}``, with its predicted latency and MACs). With
     ``images``, ranks are priced by the output divergence they cause on them
-    (``runtime.sensitivity``) instead of by spectral energy.
-
-    Imports the runtime (ONNX Runtime) only when called. One intra-op thread.
+    (``trp_zoo.sensitivity``) instead of by spectral energy. One intra-op thread.
     """
-    from runtime.costs import Target
-    from runtime.errors import RuntimeToolError
-    from runtime.planner import plan_ranks
-
     try:
         target = Target(
             backend=cfg.target_backend,

@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-import trp_zoo
-from trp_zoo.convs import ConvGeometry
-from trp_zoo.modules import set_submodule
-from trp_zoo.schemes import Scheme
-from trp_zoo.targets import Patterns, select_targets
-
-from .shapes import conv_shapes
+from .convs import ConvGeometry
+from .factorized import FactorizedConv2d
+from .flops import count_flops
+from .layer_shapes import conv_shapes
+from .modules import set_submodule
+from .schemes import Scheme, get_scheme
+from .targets import Patterns, select_targets
 
 
 def aligned_rank_plan(
@@ -46,13 +46,13 @@ def aligned_rank_plan(
     step first, while the target still holds, to land as close to it as the steps allow.
     The plan is structural (no singular values): for deployment and speed measurements.
     """
-    sch = trp_zoo.get_scheme(scheme)
+    sch = get_scheme(scheme)
     convs = select_targets(model, include, exclude)
     if sch.name == "spatial":
         convs = {n: c for n, c in convs.items() if min(ConvGeometry.of(c).kernel_size) > 1}
     geoms = {n: ConvGeometry.of(c) for n, c in convs.items()}
     pixels = {n: h * w for n, (_, (h, w)) in conv_shapes(model, convs, input_size).items()}
-    dense_total = trp_zoo.count_flops(model, input_size)
+    dense_total = count_flops(model, input_size)
 
     def saving(name: str, rank: int) -> int:
         g = geoms[name]
@@ -109,7 +109,7 @@ def padded_rank(scheme: str | Scheme, geom: ConvGeometry, rank: int, multiple: i
     """``rank`` rounded up to a multiple of ``multiple``, or ``rank`` itself when the rounded
     rank would no longer lower the layer's MACs."""
     padded = -(-rank // multiple) * multiple
-    return padded if trp_zoo.get_scheme(scheme).lowers_cost(geom, padded) else rank
+    return padded if get_scheme(scheme).lowers_cost(geom, padded) else rank
 
 
 def padded_plan(
@@ -132,9 +132,9 @@ def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
         raise ValueError(f"multiple must be >= 1, got {multiple}")
     new = copy.deepcopy(model)
     for name, layer in list(new.named_modules()):
-        if not isinstance(layer, trp_zoo.FactorizedConv2d):
+        if not isinstance(layer, FactorizedConv2d):
             continue
-        scheme = trp_zoo.get_scheme(layer.scheme)
+        scheme = get_scheme(layer.scheme)
         rank = padded_rank(scheme, layer.geom, layer.rank, multiple)
         if rank == layer.rank:
             continue
@@ -142,7 +142,7 @@ def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
         pad_first = first.new_zeros((rank - layer.rank, *first.shape[1:]))
         pad_second = second.new_zeros((second.shape[0], rank - layer.rank, *second.shape[2:]))
         bias = layer.second.bias.detach() if layer.second.bias is not None else None
-        padded = trp_zoo.FactorizedConv2d.from_factors(
+        padded = FactorizedConv2d.from_factors(
             layer.geom,
             scheme,
             torch.cat([first.detach(), pad_first]),

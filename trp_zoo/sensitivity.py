@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from trp_zoo.convs import effective_weight
-from trp_zoo.decompose import factorize_conv
-from trp_zoo.lowrank import svd
-from trp_zoo.modules import set_submodule
-from trp_zoo.schemes import get_scheme
+from .convs import effective_weight
+from .decompose import factorize_conv
+from .lowrank import svd
+from .modules import set_submodule
+from .schemes import get_scheme
 
 
 def _log_probs(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:

@@ -3,12 +3,13 @@
 Each candidate layer either stays dense or takes one of its measured ranks ``r``. A rank
 saves ``dense cost - cost(r)`` (latency on the target from a cost table, or MACs) and keeps
 the fraction ``e(r) = sum_{k<=r} s_k^2 / sum_k s_k^2`` of the layer's spectral energy
-(``s``: singular values of the layer's weight reshaped by the scheme, see ``layer_energy``).
+(``s``: singular values of the layer's weight reshaped by the scheme, see
+``spectra.energy_curve``).
 Given the saving the budget requires, ``select_ranks`` picks one option per layer that
 maximizes the total kept energy ``sum_i e_i`` (equivalently, minimizes the sum of the
 layers' relative squared approximation errors ``sum_i (1 - e_i)``) subject to
 ``sum_i saving_i >= required``. Options that carry a measured sensitivity (the output
-divergence that rank causes, ``runtime.sensitivity``) are priced by it instead:
+divergence that rank causes, ``trp_zoo.sensitivity``) are priced by it instead:
 the selection then minimizes the summed divergence.
 
 That is a multiple-choice knapsack; it is solved exactly, up to rounding the savings down
@@ -33,17 +34,16 @@ how much to cut, and the hardware still decides which ranks are worth having.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from trp_zoo.convs import ConvGeometry, effective_weight
-from trp_zoo.criteria import EnergyThreshold
-from trp_zoo.schemes import get_scheme
+from .convs import ConvGeometry
+from .criteria import EnergyThreshold
+from .schemes import get_scheme
 
 Budget = Literal["latency", "macs"]
 
@@ -51,7 +51,7 @@ Budget = Literal["latency", "macs"]
 @dataclass(frozen=True)
 class Option:
     """One rank of one layer: its measured latency, MACs and kept energy, and optionally
-    a measured ``sensitivity`` (see ``runtime.sensitivity``)."""
+    a measured ``sensitivity`` (see ``trp_zoo.sensitivity``)."""
 
     rank: int
     latency_ms: float
@@ -288,38 +288,6 @@ def _knapsack(
     return chosen
 
 
-# ----------------------------------------------------------------------------- energy
-
-
-@torch.no_grad()
-def singular_values(model: nn.Module, scheme: str, names: Sequence[str]) -> dict[str, Tensor]:
-    """Singular values (descending, float64) of each named conv's weight under ``scheme``,
-    from the eigenvalues of the smaller Gram matrix."""
-    sch = get_scheme(scheme)
-    modules = dict(model.named_modules())
-    out = {}
-    for name in names:
-        a = sch.to_matrix(effective_weight(modules[name]).cpu()).double()  # type: ignore[arg-type]
-        gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a  # values only: no vectors
-        out[name] = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).sqrt()
-    return out
-
-
-def layer_energy(s: Tensor) -> np.ndarray:
-    """Kept energy by rank: ``e[r - 1] = sum_{k<=r} s_k^2 / sum_k s_k^2``.
-
-    For trained weights this is how much of the layer's function a rank-``r`` truncation
-    keeps. For randomly initialized weights the spectrum is nearly flat (Marchenko-Pastur),
-    so ``e(r)`` is close to the share ``r / full rank`` of the layer's dimensions that is
-    kept: a structural measure of capacity, not of learned importance.
-    """
-    sq = s.double().cpu().numpy() ** 2
-    total = sq.sum()
-    if total <= 0:
-        return np.ones_like(sq)
-    return np.minimum(np.cumsum(sq) / total, 1.0)
-
-
 def energy_threshold_plan(
     spectra: Mapping[str, Tensor],
     geoms: Mapping[str, ConvGeometry],
@@ -335,3 +303,23 @@ def energy_threshold_plan(
         if sch.lowers_cost(geoms[name], rank):
             plan[name] = rank
     return plan
+
+
+def energy_for_macs(
+    macs_at: Callable[[float], float],
+    target_macs: float,
+    *,
+    low: float = 0.0,
+    high: float = 1.0,
+    steps: int = 40,
+) -> float:
+    """The largest energy threshold in ``[low, high]`` whose plan needs at most
+    ``target_macs``, by bisection (``macs_at(energy)``: MACs of the model factorized at
+    that threshold, which grow with it); ``low`` when none does."""
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if macs_at(mid) <= target_macs:
+            low = mid
+        else:
+            high = mid
+    return low
