@@ -22,6 +22,7 @@ from trp_zoo.train.checkpoint import load_latest
 from trp_zoo.train.data import build_data
 from trp_zoo.train.distributed import init_distributed
 from trp_zoo.train.engine import Trainer
+from trp_zoo.train.finalize import TRAIN_RESULTS
 from trp_zoo.train.recipe import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ DEFAULTS: TrainConfig = runpy.run_path(str(ROOT / RECIPE))["DEFAULTS"]
 def train_row(name: str, work: Path, common: list[str], extra: list[str]) -> dict[str, Any]:
     """Run the recipe for one row (or reuse / resume an earlier run of it)."""
     out = work / name
-    done = out / "results.json"
+    done = out / TRAIN_RESULTS
     if done.is_file():
         return dict(json.loads(done.read_text()))
     argv = [*common, *extra, "--output-dir", str(out)]

@@ -32,7 +32,7 @@ from trp_zoo.text_table import text_table
 
 from .costs import CostCache, Target
 from .data import sensitivity_images
-from .planner import Planner, RankPlan, check_fraction
+from .planner import Planner, TargetPlan, check_fraction
 
 Progress = Callable[[str], None] | None
 
@@ -63,7 +63,7 @@ def plan_model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, int, int
     return model.eval(), (int(size[0]), int(size[1]), int(size[2])), weights
 
 
-def print_plan(name: str, result: RankPlan, weights: str, cache: str) -> None:
+def print_plan(name: str, result: TargetPlan, weights: str, cache: str) -> None:
     """The plan as a table, with its budget, MACs and predicted latency."""
     t = result.target_key
     threads = f", {t['threads']} thread(s)" if t.get("threads") else ""
@@ -115,7 +115,7 @@ def print_plan(name: str, result: RankPlan, weights: str, cache: str) -> None:
         )
 
 
-def measured_summary(stats: dict[str, Any], result: RankPlan) -> dict[str, Any]:
+def measured_summary(stats: dict[str, Any], result: TargetPlan) -> dict[str, Any]:
     """Print and return the interleaved dense vs planned timing."""
     dense, planned = stats["dense"].p50_ms, stats["planned"].p50_ms
     speedup = dense / planned

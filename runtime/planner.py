@@ -55,7 +55,7 @@ def check_fraction(value: object, what: str) -> float:
 
 
 @dataclass
-class RankPlan:
+class TargetPlan:
     """A selected plan with its budget, predicted latency, MACs and kept energy."""
 
     plan: dict[str, int]
@@ -247,7 +247,7 @@ class Planner:
         warmup: int = 3,
         runs: int = 15,
         progress: Progress = None,
-    ) -> tuple[RankPlan, dict[str, LatencyStats], list[dict[str, float]]]:
+    ) -> tuple[TargetPlan, dict[str, LatencyStats], list[dict[str, float]]]:
         """The plan whose *measured* latency is ``latency`` of the dense model's.
 
         Layer-by-layer tables predict a whole model's latency only approximately (a conv
@@ -319,13 +319,13 @@ class Planner:
         macs: float | None = None,
         min_quotient: float | None = 1.0,
         resolution: int = 4000,
-    ) -> RankPlan:
+    ) -> TargetPlan:
         """The plan for a budget: ``latency`` or ``macs`` as a fraction of the dense model.
 
         ``min_quotient``: the predicted speed-up must be at least this multiple of the MACs
         reduction (``selector.Proportionality``; ``None`` or 0: no such constraint). Where
         the budget cannot be met that way, the plan closest to it is returned with
-        ``RankPlan.proportional`` False.
+        ``TargetPlan.proportional`` False.
         """
         if min_quotient is not None and not (
             isinstance(min_quotient, (int, float)) and 0 <= min_quotient <= 4
@@ -367,7 +367,7 @@ class Planner:
 
     def _result(
         self, sel: Selection, budget: Budget, fraction: float, min_quotient: float | None
-    ) -> RankPlan:
+    ) -> TargetPlan:
         layers = []
         for lo in self.options:
             lc = self.table.layers[lo.name]
@@ -389,7 +389,7 @@ class Planner:
                     "useful_ranks": [o.rank for o in lo.useful()],
                 }
             )
-        return RankPlan(
+        return TargetPlan(
             plan=sel.plan,
             scheme=self.scheme,
             budget=budget,
@@ -419,7 +419,7 @@ def plan_ranks(
     min_quotient: float | None = 1.0,
     cache_dir: str | os.PathLike[str] | None = None,
     **planner_options: Any,
-) -> RankPlan:
+) -> TargetPlan:
     """Select a ``{name: rank}`` plan for ``model`` on ``target`` within one budget."""
     if latency is not None:
         check_fraction(latency, "latency")

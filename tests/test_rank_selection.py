@@ -33,9 +33,9 @@ from runtime.costs import (
     structure_key,
 )
 from runtime.latency import LatencyStats
+from runtime.plan import main as plan_main
 from runtime.planner import Planner, check_fraction, plan_ranks
 from tests.runtime_models import seed_cost_cache
-from runtime.plan import main as plan_main
 from trp_zoo.convs import ConvGeometry
 from trp_zoo.criteria import EnergyThreshold
 from trp_zoo.factorized import FactorizedConv2d
@@ -722,7 +722,7 @@ def test_cli_plan_writes_a_plan_that_rank_plan_and_decompose_take(
     assert out["measured"]["latency_fraction"] > 0
     # --rank-plan reads the file as it is; decompose takes its plan
     assert load_rank_plan(str(out_file)) == plan
-    validate(TrainConfig(rank_plan=str(out_file)))
+    validate(TrainConfig(rank_plan_file=str(out_file)))
     low = trp_zoo.decompose(cli_model(), "channel", rank=plan)
     assert trp_zoo.rank_plan(low) == plan
     factorized = {n for n, m in low.named_modules() if isinstance(m, FactorizedConv2d)}

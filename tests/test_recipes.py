@@ -47,7 +47,7 @@ def run(
 
 
 def results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
+    return json.loads((out / "train_results.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Pat
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # kill -9
     proc.wait()
-    assert reached() and not (killed / "results.json").exists()
+    assert reached() and not (killed / "train_results.json").exists()
     # a kill while writing leaves a temp file behind; a damaged newest file is skipped
     (ckpts / ".step-000000099.pt.tmp-0123abcd").write_bytes(b"partial")
     newest = max(ckpts.glob("step-*.pt"))

@@ -15,6 +15,7 @@ from torch import nn
 import trp_zoo
 from runtime.costs import CostCache, Target
 from runtime.data import fashion_mnist
+from runtime.plan import main as plan_main
 from runtime.planner import Planner
 from tests.fakedata import write_fashion_mnist
 from tests.runtime_models import seed_cost_cache
@@ -28,7 +29,6 @@ from tests.test_rank_selection import (
     target,
     tiny_net,
 )
-from runtime.plan import main as plan_main
 from trp_zoo.rank_selection import LayerOptions, Option, select_ranks
 from trp_zoo.sensitivity import output_sensitivity
 

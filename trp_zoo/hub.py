@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import constants, hf_hub_download, snapshot_download
+from timm.models import parse_model_name
 from huggingface_hub.errors import (
     EntryNotFoundError,
     LocalEntryNotFoundError,
@@ -50,6 +51,8 @@ from .store import local_path, store_dir
 
 logger = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# a source prefix as timm reads one (``parse_model_name``): hf-hub:, local-dir:, ...
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+._-]+:")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,18 @@ class Resolved:
     entry: ZooEntry | None = None
 
 
+def _parse_prefixed(source: str) -> tuple[str, str]:
+    """timm's own reading of ``hf-hub:`` / ``local-dir:`` names (``parse_model_name``)."""
+    try:
+        prefix, ident = parse_model_name(source)
+    except ValueError as err:
+        raise UnknownModelError(
+            f"{err} trp-zoo reads hf-hub:ORG/NAME[@REVISION] and local-dir:PATH, as timm does"
+        ) from None
+    assert prefix is not None  # ``_PREFIX`` matched
+    return prefix, ident
+
+
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
 
@@ -73,11 +88,12 @@ def resolve(source: str | os.PathLike[str], revision: str | None = None) -> Reso
     if isinstance(source, os.PathLike):
         return _directory(str(source), os.fspath(source))
     src = str(source)
-    if src.startswith("hf-hub:"):
-        repo, _, rev = src[len("hf-hub:") :].partition("@")
+    if _PREFIX.match(src):
+        prefix, ident = _parse_prefixed(src)
+        if prefix == "local-dir":
+            return _directory(src, ident)
+        repo, _, rev = ident.partition("@")
         return Resolved(src, "hub", repo_id=repo, revision=rev or revision)
-    if src.startswith("local-dir:"):
-        return _directory(src, src[len("local-dir:") :])
     if _looks_like_path(src):
         return _directory(src, src)
     stored = local_path(src)

@@ -33,7 +33,7 @@ class TrainConfig:
     period: int = 20
     nuclear_weight: float = 3e-4
     svd_method: str = "subspace"
-    rank_plan: str | None = None  # JSON file {layer: rank}: caps each layer's rank
+    rank_plan_file: str | None = None  # JSON file {layer: rank}: caps each layer's rank
     # or: a plan chosen at the start for a latency budget on a deployment target
     target_latency: float | None = None  # fraction of the dense model's latency
     target_backend: str = "onnxruntime"
@@ -109,7 +109,12 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     )
     g.add_argument("--nuclear-weight", type=float, default=d.nuclear_weight, help="lambda")
     g.add_argument("--svd-method", choices=METHODS, default=d.svd_method)
-    g.add_argument("--rank-plan", default=d.rank_plan, help="JSON {layer: rank} capping each rank")
+    g.add_argument(
+        "--rank-plan",
+        dest="rank_plan_file",
+        default=d.rank_plan_file,
+        help="JSON {layer: rank} capping each rank",
+    )
     g.add_argument(
         "--target-latency",
         type=float,
@@ -199,15 +204,15 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
     if cfg.nuclear_weight < 0:
         problems.append(f"--nuclear-weight must be >= 0, got {cfg.nuclear_weight}")
-    if cfg.rank_plan is not None and not Path(cfg.rank_plan).is_file():
-        problems.append(f"--rank-plan file {cfg.rank_plan} does not exist")
+    if cfg.rank_plan_file is not None and not Path(cfg.rank_plan_file).is_file():
+        problems.append(f"--rank-plan file {cfg.rank_plan_file} does not exist")
     if cfg.target_latency is not None:
         if not 0.0 < cfg.target_latency <= 1.0:
             problems.append(
                 f"--target-latency is a fraction of the dense latency in (0, 1], got "
                 f"{cfg.target_latency}"
             )
-        if cfg.rank_plan is not None:
+        if cfg.rank_plan_file is not None:
             problems.append("give --rank-plan or --target-latency, not both")
         if not cfg.trp:
             problems.append("--target-latency caps TRP's ranks: it needs --trp")

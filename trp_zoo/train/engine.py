@@ -141,7 +141,7 @@ class Trainer:
         self.trp: TRP | None = None
         self.target_plan: dict[str, Any] | None = None
         if cfg.trp:
-            plan = load_rank_plan(cfg.rank_plan) if cfg.rank_plan else None
+            plan = load_rank_plan(cfg.rank_plan_file) if cfg.rank_plan_file else None
             if cfg.target_latency is not None:
                 self.target_plan = self._plan_for_target()
                 plan = self.target_plan["plan"]

@@ -29,6 +29,10 @@ from .plots import plot_curves, plot_ranks, plot_spectra
 logger = logging.getLogger(__name__)
 
 
+# what a training run measured (the checkpoint it saves has its own results.json)
+TRAIN_RESULTS = "train_results.json"
+
+
 def command_line() -> str:
     """How this process was started, for provenance."""
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
@@ -121,7 +125,7 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         if low is not None:
             results["checkpoint"] = str(save_model(trainer, low, results))
             publish_error = _publish(cfg, Path(results["checkpoint"]), results)
-        write_json(out / "results.json", results)
+        write_json(out / TRAIN_RESULTS, results)
         print_table(results)
     results["decomposed_model"] = low
     if publish_error:
