@@ -240,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trp_zoo",
         description="trp-zoo: low-rank timm models trained with Trained Rank Pruning.",
-        epilog="Rank plans for a deployment target (latency-aware, measured): "
-        "python -m runtime.plan --help. Engines and their checks: "
-        "python -m runtime.build_engine --help.",
+        epilog="rank plans for a deployment target (latency-aware, measured):\n"
+        "  python -m runtime.plan --help\n"
+        "engines for a model, with accuracy and speed checks:\n"
+        "  python -m runtime.build_engine --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:

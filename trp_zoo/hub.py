@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import constants, hf_hub_download, snapshot_download
-from timm.models import parse_model_name
 from huggingface_hub.errors import (
     EntryNotFoundError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from timm.models import parse_model_name
 from torch import nn
 
 from .checkpoint import (
