@@ -42,6 +42,7 @@ from torch import nn
 
 from trp_zoo.convs import ConvGeometry, is_plain
 from trp_zoo.fileio import write_json
+from trp_zoo.flops import conv_macs
 from trp_zoo.layer_shapes import conv_shapes
 from trp_zoo.paths import zoo_subdir
 from trp_zoo.schemes import Scheme, get_scheme
@@ -143,9 +144,8 @@ class ConvSpec:
     @property
     def macs(self) -> int:
         """Multiply-adds per image."""
-        kh, kw = self.kernel
         h, w = self.out_hw
-        return self.out_channels * self.in_channels * kh * kw * h * w
+        return conv_macs(self.in_channels, self.out_channels, self.kernel, h * w)
 
 
 def _same_pads(kernel: int, stride: int, dilation: int, size: int) -> tuple[int, int]:

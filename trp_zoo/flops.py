@@ -1,4 +1,6 @@
-"""Multiply-accumulate and parameter counts, built on ``torch.utils.flop_counter``."""
+"""Multiply-accumulate and parameter counts: of whole models, measured with
+``torch.utils.flop_counter``, and of one convolution, by its formula (the schemes' cost
+model and the runtime's probe graphs both use ``conv_macs``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .modules import unwrap_model
+
+
+def conv_macs(
+    in_channels: int, out_channels: int, kernel_size: tuple[int, int], pixels: int = 1
+) -> int:
+    """Multiply-adds of a dense ``kh x kw`` convolution over ``pixels`` output pixels."""
+    kh, kw = kernel_size
+    return in_channels * out_channels * kh * kw * pixels
 
 
 def _input_for(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:

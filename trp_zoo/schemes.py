@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from torch import Tensor, nn
 
 from .convs import ConvGeometry
+from .flops import conv_macs
 
 
 class Scheme(ABC):
@@ -57,8 +58,7 @@ class Scheme(ABC):
         """Shape of the matrix ``to_matrix`` produces."""
 
     def dense_macs_per_pixel(self, geom: ConvGeometry) -> int:
-        kh, kw = geom.kernel_size
-        return geom.out_channels * geom.in_channels * kh * kw
+        return conv_macs(geom.in_channels, geom.out_channels, geom.kernel_size)
 
     def lowers_cost(self, geom: ConvGeometry, rank: int) -> bool:
         """True when ``rank`` makes the factorized pair cheaper than the dense conv."""
@@ -129,8 +129,8 @@ class ChannelScheme(Scheme):
         return first, second
 
     def factorized_macs_per_pixel(self, geom: ConvGeometry, rank: int) -> int:
-        kh, kw = geom.kernel_size
-        return rank * (geom.in_channels * kh * kw + geom.out_channels)
+        first = conv_macs(geom.in_channels, rank, geom.kernel_size)
+        return first + conv_macs(rank, geom.out_channels, (1, 1))
 
 
 class SpatialScheme(Scheme):
@@ -199,8 +199,8 @@ class SpatialScheme(Scheme):
     def factorized_macs_per_pixel(self, geom: ConvGeometry, rank: int) -> int:
         # the vertical conv runs at the input width, about stride_w times the output width
         kh, kw = geom.kernel_size
-        sw = geom.stride[1]
-        return rank * (geom.in_channels * kh * sw + geom.out_channels * kw)
+        first = conv_macs(geom.in_channels, rank, (kh, 1), pixels=geom.stride[1])
+        return first + conv_macs(rank, geom.out_channels, (1, kw))
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (ChannelScheme(), SpatialScheme())}
