@@ -138,10 +138,17 @@ def direct_svd(args: argparse.Namespace, rows: dict[str, Any], trp_tag: str) -> 
     }
 
 
-def write_table(
-    args: argparse.Namespace, rows: dict[str, Any], direct: dict[str, Any], start: float
-) -> None:
-    """Write the rows trained so far to the results files (and print them)."""
+ROW_LABELS = {
+    "nuclear_only": "nuclear norm only, then decomposed (channel)",
+    "trp_channel": "TRP+Nu channel, decomposed",
+    "trp_spatial": "TRP+Nu spatial, decomposed",
+}
+
+
+def table_rows(
+    args: argparse.Namespace, rows: dict[str, Any], direct: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The table's rows, each against the dense baseline of the same budget."""
     dense_row = rows["dense"]["dense"]
 
     def entry(label: str, top1: float, macs: int, params: int, **extra: Any) -> dict[str, Any]:
@@ -173,13 +180,8 @@ def write_table(
             before_decomposition_top1=round(rows[name]["dense"]["top1"], 2),
         )
 
-    labels = {
-        "nuclear_only": "nuclear norm only, then decomposed (channel)",
-        "trp_channel": "TRP+Nu channel, decomposed",
-        "trp_spatial": "TRP+Nu spatial, decomposed",
-    }
     table = [entry("dense baseline", dense_row["top1"], dense_row["macs"], dense_row["params"])]
-    table += [decomposed(name, label) for name, label in labels.items() if name in rows]
+    table += [decomposed(name, label) for name, label in ROW_LABELS.items() if name in rows]
     if direct:
         table += [
             entry(
@@ -196,6 +198,14 @@ def write_table(
                 direct["params"],
             ),
         ]
+    return table
+
+
+def write_table(
+    args: argparse.Namespace, rows: dict[str, Any], direct: dict[str, Any], start: float
+) -> None:
+    """Write the rows trained so far to the results files (and print them)."""
+    table = table_rows(args, rows, direct)
     result = {
         "setting": {
             "model": "timm resnet18, in_chans=1, 28x28",

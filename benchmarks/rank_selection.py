@@ -446,76 +446,82 @@ def _fmnist_markdown(fm: dict[str, Any]) -> list[str]:
         *_plan_rows(row["equal_macs"]),
         "",
     ]
-    eq = fm.get("equal_latency")
-    if eq:
-        sens = eq["sensitivity"]
-        lines += [
-            "Equal measured latency: each latency-aware plan calibrated to the padded energy "
-            "plan's measured latency fraction, then all timed in one interleaved run (load "
-            f"average {eq['load_average_1min']}). Sensitivity: {sens['images']} images of the "
-            f"{sens['source']}, {sens['seconds']:.0f} s.",
-            "",
-            "| plan | selection | factorized layers | MACs reduction | plan p50 ms | latency "
-            "fraction | speed-up / MACs reduction | summed output KL | top-1 no fine-tuning (%) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for e in eq["rows"]:
-            kl = "-" if e["output_kl"] is None else f"{e['output_kl']:.4f}"
+    if fm.get("equal_latency"):
+        lines += _equal_latency_markdown(fm["equal_latency"], fm["top1_no_finetune"])
+    if fm.get("training"):
+        lines += _fine_tuned_markdown(fm["training"])
+    return lines
+
+
+def _equal_latency_markdown(eq: dict[str, Any], top1: dict[str, float]) -> list[str]:
+    sens = eq["sensitivity"]
+    lines = [
+        "Equal measured latency: each latency-aware plan calibrated to the padded energy "
+        "plan's measured latency fraction, then all timed in one interleaved run (load "
+        f"average {eq['load_average_1min']}). Sensitivity: {sens['images']} images of the "
+        f"{sens['source']}, {sens['seconds']:.0f} s.",
+        "",
+        "| plan | selection | factorized layers | MACs reduction | plan p50 ms | latency "
+        "fraction | speed-up / MACs reduction | summed output KL | top-1 no fine-tuning (%) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in eq["rows"]:
+        kl = "-" if e["output_kl"] is None else f"{e['output_kl']:.4f}"
+        lines.append(
+            f"| {e['plan']} | {e['selection']} | {e['factorized_layers']} | "
+            f"{e['macs_reduction']:.2f}x | {e['p50_ms']:.2f} | {e['latency_fraction']:.3f} | "
+            f"{e['quotient']:.2f} | {kl} | {top1[e['plan']]:.2f} |"
+        )
+    attempts = "; ".join(
+        f"{e['plan']}: "
+        + ", ".join(
+            f"{c['budget']:.3f} / {c['predicted']:.3f} / {c['measured']:.3f}"
+            for c in e["calibration"]
+        )
+        for e in eq["rows"]
+        if e.get("calibration")
+    )
+    return [
+        *lines,
+        "",
+        f"Calibration (budget / predicted / measured fraction per attempt): {attempts}.",
+        "",
+    ]
+
+
+def _fine_tuned_markdown(runs: dict[str, Any]) -> list[str]:
+    lines = [
+        "Fine-tuned from the dense weights with the recipe (`--pretrained`, "
+        "`--rank-plan`, `--energy 1.0`: TRP projects onto exactly the planned ranks):",
+        "",
+        "| plan | latency fraction | epochs | lr | seed | top-1 no fine-tuning (%) | top-1 "
+        "fine-tuned, decomposed (%) | MACs reduction | decomposed at the planned ranks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs.values():
+        frac = "-" if r.get("latency_fraction") is None else f"{r['latency_fraction']:.3f}"
+        lines.append(
+            f"| {r['plan']} | {frac} | {r['epochs']} | {r['lr']} | {r['seed']} | "
+            f"{r['top1_no_finetune']:.2f} | {r['top1_decomposed']:.2f} | "
+            f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
+        )
+    lines.append("")
+    by_plan: dict[str, list[float]] = {}
+    for r in runs.values():
+        by_plan.setdefault(r["plan"], []).append(r["top1_decomposed"])
+    if "energy_pad16" not in by_plan:
+        return lines
+    base = sum(by_plan["energy_pad16"]) / len(by_plan["energy_pad16"])
+    for label in FMNIST_LATENCY_AWARE:
+        if label in by_plan:
+            mine = sum(by_plan[label]) / len(by_plan[label])
+            met = "met" if mine >= base else "not met"
+            seeds = f"mean of {len(by_plan[label])} seeds: " if len(by_plan[label]) > 1 else ""
             lines.append(
-                f"| {e['plan']} | {e['selection']} | {e['factorized_layers']} | "
-                f"{e['macs_reduction']:.2f}x | {e['p50_ms']:.2f} | {e['latency_fraction']:.3f} | "
-                f"{e['quotient']:.2f} | {kl} | {fm['top1_no_finetune'][e['plan']]:.2f} |"
+                f"- {label} ({FMNIST_LATENCY_AWARE[label]}): {seeds}{mine:.2f}% vs "
+                f"the energy plan's {base:.2f}% at equal measured latency ({met})."
             )
-        lines += [
-            "",
-            "Calibration (budget / predicted / measured fraction per attempt): "
-            + "; ".join(
-                f"{e['plan']}: "
-                + ", ".join(
-                    f"{c['budget']:.3f} / {c['predicted']:.3f} / {c['measured']:.3f}"
-                    for c in e["calibration"]
-                )
-                for e in eq["rows"]
-                if e.get("calibration")
-            )
-            + ".",
-            "",
-        ]
-    runs = fm.get("training", {})
-    if runs:
-        lines += [
-            "Fine-tuned from the dense weights with the recipe (`--pretrained`, "
-            "`--rank-plan`, `--energy 1.0`: TRP projects onto exactly the planned ranks):",
-            "",
-            "| plan | latency fraction | epochs | lr | seed | top-1 no fine-tuning (%) | top-1 "
-            "fine-tuned, decomposed (%) | MACs reduction | decomposed at the planned ranks |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for r in runs.values():
-            frac = "-" if r.get("latency_fraction") is None else f"{r['latency_fraction']:.3f}"
-            lines.append(
-                f"| {r['plan']} | {frac} | {r['epochs']} | {r['lr']} | {r['seed']} | "
-                f"{r['top1_no_finetune']:.2f} | {r['top1_decomposed']:.2f} | "
-                f"{r['macs_reduction']:.2f}x | {r['rank_plan_matches']} |"
-            )
-        lines.append("")
-        by_plan: dict[str, list[float]] = {}
-        for r in runs.values():
-            by_plan.setdefault(r["plan"], []).append(r["top1_decomposed"])
-        if "energy_pad16" in by_plan:
-            base = sum(by_plan["energy_pad16"]) / len(by_plan["energy_pad16"])
-            for label in FMNIST_LATENCY_AWARE:
-                if label in by_plan:
-                    mine = sum(by_plan[label]) / len(by_plan[label])
-                    met = "met" if mine >= base else "not met"
-                    seeds = (
-                        f"mean of {len(by_plan[label])} seeds: " if len(by_plan[label]) > 1 else ""
-                    )
-                    lines.append(
-                        f"- {label} ({FMNIST_LATENCY_AWARE[label]}): {seeds}{mine:.2f}% vs "
-                        f"the energy plan's {base:.2f}% at equal measured latency ({met})."
-                    )
-            lines.append("")
+    lines.append("")
     return lines
 
 
