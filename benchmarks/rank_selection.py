@@ -56,10 +56,11 @@ import torch
 from fmnist_runs import evaluation_trainer, train_row, trained_dense
 from torch import nn
 
-from runtime.costs import CostCache, Target
+from runtime.cost_cache import CostCache
 from runtime.data import sensitivity_images
 from runtime.planner import Planner
 from runtime.report import environment, load_average
+from runtime.target import Target
 from trp_zoo import decompose
 from trp_zoo.fileio import write_json, write_text
 from trp_zoo.rank_alignment import padded_plan

@@ -30,9 +30,10 @@ from trp_zoo.hub import load
 from trp_zoo.schemes import SCHEMES
 from trp_zoo.text_table import text_table
 
-from .costs import CostCache, Target
+from .cost_cache import CostCache
 from .data import sensitivity_images
 from .planner import Planner, TargetPlan, check_fraction
+from .target import Target
 
 Progress = Callable[[str], None] | None
 

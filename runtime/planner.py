@@ -40,8 +40,10 @@ from trp_zoo.sensitivity import output_sensitivity
 from trp_zoo.spectra import energy_curve, layer_spectra
 from trp_zoo.targets import Patterns
 
-from .costs import CostCache, CostTable, Progress, Target, cost_table, latencies, model_latency
+from .cost_cache import CostCache
+from .costs import CostTable, Progress, cost_table, latencies, model_latency
 from .latency import LatencyStats
+from .target import Target
 
 
 def check_fraction(value: object, what: str) -> float:

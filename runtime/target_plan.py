@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from trp_zoo.train.config import TrainConfig
 
-from .costs import Target
 from .errors import RuntimeToolError
 from .planner import plan_ranks
+from .target import Target
 
 
 def plan_for_target(

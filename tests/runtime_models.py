@@ -6,14 +6,10 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 import trp_zoo
-from runtime.costs import (
-    CostCache,
-    LayerCosts,
-    Target,
-    candidate_ranks,
-    layer_probes,
-    structure_key,
-)
+from runtime.cost_cache import CostCache, LayerCosts
+from runtime.costs import layer_probes, structure_key
+from runtime.probes import candidate_ranks
+from runtime.target import Target
 
 INPUT_SIZE = (1, 28, 28)
 

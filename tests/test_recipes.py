@@ -16,7 +16,7 @@ import timm
 import torch
 
 import trp_zoo
-from runtime.costs import Target
+from runtime.target import Target
 from tests.fakedata import write_cifar10, write_fashion_mnist, write_image_folder
 from tests.runtime_models import seed_cost_cache
 

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import trp_zoo
-from runtime.costs import CostCache, Target
+from runtime.cost_cache import CostCache
 from runtime.data import fashion_mnist
 from runtime.plan import main as plan_main
 from runtime.planner import Planner
+from runtime.target import Target
 from tests.fakedata import write_fashion_mnist
 from tests.runtime_models import seed_cost_cache
 from tests.test_rank_selection import (
