@@ -7,7 +7,7 @@ epochs 82 and 122; TRP keeps 90% energy every 5 steps, nuclear weight 3e-4.
     python recipes/cifar10_resnet20.py --data-dir data/cifar-10-batches-py --scheme spatial
 """
 
-from runtime.target_plan import plan_for_target
+from runtime.train_target import plan_for_target
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.recipe import main
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from cifar10_resnet20 import DEFAULTS as RESNET20
 
-from runtime.target_plan import plan_for_target
+from runtime.train_target import plan_for_target
 from trp_zoo.train.recipe import main
 
 DEFAULTS = dataclasses.replace(

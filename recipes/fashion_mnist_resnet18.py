@@ -6,7 +6,7 @@ model without fine-tuning and saves it. Runs on a 2-core CPU; torchrun for more.
     python recipes/fashion_mnist_resnet18.py --epochs 4 --output-dir runs/fmnist
 """
 
-from runtime.target_plan import plan_for_target
+from runtime.train_target import plan_for_target
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.recipe import main
 

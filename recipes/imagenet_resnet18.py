@@ -10,7 +10,7 @@ import dataclasses
 
 from imagenet_resnet50 import DEFAULTS as RESNET50
 
-from runtime.target_plan import plan_for_target
+from runtime.train_target import plan_for_target
 from trp_zoo.train.recipe import main
 
 DEFAULTS = dataclasses.replace(

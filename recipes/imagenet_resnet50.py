@@ -8,7 +8,7 @@ Multi-GPU:
     torchrun --nproc_per_node=8 recipes/imagenet_resnet50.py --data-dir /data/imagenet
 """
 
-from runtime.target_plan import plan_for_target
+from runtime.train_target import plan_for_target
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.recipe import main
 

@@ -32,8 +32,9 @@ from trp_zoo.text_table import text_table
 
 from .cost_cache import CostCache
 from .data import sensitivity_images
-from .planner import Planner, TargetPlan, check_fraction
+from .planner import Planner
 from .target import Target
+from .target_plans import TargetPlan, check_fraction
 
 Progress = Callable[[str], None] | None
 

@@ -26,9 +26,10 @@ from runtime.cost_cache import CostCache, LayerCosts
 from runtime.costs import cost_table, model_latency, structure_key
 from runtime.latency import LatencyStats
 from runtime.plan import main as plan_main
-from runtime.planner import Planner, check_fraction, plan_ranks
+from runtime.planner import Planner, plan_ranks
 from runtime.probes import LayerProbe, candidate_ranks
 from runtime.target import Target
+from runtime.target_plans import check_fraction
 from tests.runtime_models import seed_cost_cache
 from trp_zoo.convs import ConvGeometry
 from trp_zoo.criteria import EnergyThreshold

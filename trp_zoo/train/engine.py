@@ -32,7 +32,7 @@ from .distributed import DistInfo, all_sum, barrier
 TARGET_PLAN = "target_plan.json"
 
 # ``--target-latency``: (model, config, input size, sensitivity images or None) -> plan JSON;
-# the runtime's ``runtime.target_plan.plan_for_target``, handed in by the recipes
+# the runtime's ``runtime.train_target.plan_for_target``, handed in by the recipes
 TargetPlanner = Callable[
     [nn.Module, TrainConfig, tuple[int, int, int], Tensor | None], dict[str, Any]
 ]
@@ -165,7 +165,7 @@ class Trainer:
             if self.target_planner is None:
                 raise ValueError(
                     "--target-latency needs a deployment planner: run a recipe script "
-                    "(recipes/*.py), or pass target_planner=runtime.target_plan.plan_for_target "
+                    "(recipes/*.py), or pass target_planner=runtime.train_target.plan_for_target "
                     "to run_recipe / Trainer"
                 )
             chosen = self.target_planner(

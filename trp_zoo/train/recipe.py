@@ -53,7 +53,7 @@ def run_recipe(
     """Parse the command line over ``defaults``, train, decompose and report.
 
     ``target_planner`` chooses the ``--target-latency`` plan (the recipes pass the
-    runtime's ``runtime.target_plan.plan_for_target``; without it that option is refused).
+    runtime's ``runtime.train_target.plan_for_target``; without it that option is refused).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser(defaults, description)
@@ -65,7 +65,7 @@ def run_recipe(
     if cfg.target_latency is not None and target_planner is None:
         parser.error(
             "--target-latency needs the runtime's deployment planner: run it through a recipe "
-            "script in recipes/, or pass target_planner=runtime.target_plan.plan_for_target"
+            "script in recipes/, or pass target_planner=runtime.train_target.plan_for_target"
         )
     info: DistInfo = init_distributed(cfg.device)
     try:
