@@ -79,6 +79,38 @@ def _check_destination(path: Path) -> None:
         )
 
 
+def _factorization(model: nn.Module) -> tuple[dict[str, int], str]:
+    """The rank plan and scheme of a factorized model; a dense one is refused."""
+    plan, scheme = rank_plan(model), factorized_scheme(model)
+    if not plan or scheme is None:
+        raise ValueError(
+            "the model has no factorized layers: decompose it first (trp_zoo.decompose); a dense "
+            "timm model is saved with timm's own save_for_hf"
+        )
+    return plan, scheme
+
+
+def _with_counts(
+    model: nn.Module, input_size: tuple[int, ...], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """``metrics`` with the model's MACs (at ``input_size``) and parameters, counted here;
+    given values must agree with the count, and given reductions with their ratios."""
+    counted = {"macs": count_flops(model, input_size), "params": count_params(model)}
+    for key, value in counted.items():
+        given = metrics.get(key)
+        if given is not None and given != value:
+            raise ValueError(
+                f"metrics[{key!r}] = {given} but the model has {value} "
+                f"({'at input ' + str(input_size) if key == 'macs' else 'counted'}); "
+                f"leave {key!r} out (save_pretrained counts it) or count at the saved "
+                "input size"
+            )
+        metrics[key] = value
+    check_ratio(metrics, "macs_reduction", "dense_macs", "macs")
+    check_ratio(metrics, "params_reduction", "dense_params", "params")
+    return metrics
+
+
 def save_pretrained(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -138,13 +170,7 @@ def save_pretrained(
 
     path = Path(path)
     m = unwrap_model(model)
-    plan = rank_plan(m)
-    scheme = factorized_scheme(m)
-    if not plan or scheme is None:
-        raise ValueError(
-            "the model has no factorized layers: decompose it first (trp_zoo.decompose); a dense "
-            "timm model is saved with timm's own save_for_hf"
-        )
+    plan, scheme = _factorization(m)
     base = _base_architecture(m, base_architecture)
     if register_as is not None:
         check_store_name(register_as)
@@ -154,9 +180,7 @@ def save_pretrained(
     _check_destination(path)
     name = name or register_as or path.resolve().name
     if repo_id is None and register_as is not None:
-        entry = REGISTRY.get(register_as)
-        repo_id = entry.repo_id if entry is not None else None
-
+        repo_id = getattr(REGISTRY.get(register_as), "repo_id", None)
     args = {**(model_args or {}), "base_architecture": base, "scheme": scheme, "rank_plan": plan}
     with atomic_directory(path) as tmp:
         config = write_config(
@@ -170,19 +194,6 @@ def save_pretrained(
         _check_rebuilds(tmp, m)
         write_weights(m.state_dict(), tmp / WEIGHTS_NAME)
         input_size = tuple(config["pretrained_cfg"]["input_size"])
-        counted = {"macs": count_flops(m, input_size), "params": count_params(m)}
-        for key, value in counted.items():
-            given = checked_metrics.get(key)
-            if given is not None and given != value:
-                raise ValueError(
-                    f"metrics[{key!r}] = {given} but the model has {value} "
-                    f"({'at input ' + str(input_size) if key == 'macs' else 'counted'}); "
-                    f"leave {key!r} out (save_pretrained counts it) or count at the saved "
-                    "input size"
-                )
-            checked_metrics[key] = value
-        check_ratio(checked_metrics, "macs_reduction", "dense_macs", "macs")
-        check_ratio(checked_metrics, "params_reduction", "dense_params", "params")
         results = build_results(
             name=name,
             repo_id=repo_id,
@@ -192,7 +203,7 @@ def save_pretrained(
                 "factorized_layers": len(plan),
                 "input_size": list(input_size),
             },
-            metrics=checked_metrics,
+            metrics=_with_counts(m, input_size, checked_metrics),
             speedups=checked_speedups,
             provenance=prov,
             input_size=input_size,
