@@ -10,16 +10,18 @@ Medians are kept.
 
 Results are cached on disk, one JSON file per (target, layer) under
 ``$TRP_ZOO_HOME/costs`` (default ``~/.cache/trp_zoo/costs``). The key holds everything that
-changes the numbers: the backend, its version and device, precision, batch size, threads,
-thread spinning and opset (the target); the scheme, the conv's geometry and its input
+changes the numbers: the backend, its version and device, precision (int8: the
+quantization scheme of ``runtime.quantize`` and the probes' calibration), batch size,
+threads, thread spinning and opset (the target); the scheme, the conv's geometry and its input
 height and width (the layer); and this module's format version. A cached entry is reused
 when it covers the requested ranks with at least the requested number of timed runs;
 otherwise the layer is measured again (all ranks together, so they share one run).
 
 Weights of the probe graphs are random: fp32 kernels run at the same speed whatever
-their values. Padding modes other than zeros become a ``Pad`` node (``circular`` is timed
-as ``edge``, which moves the same data); timm's dynamic 'same' padding becomes the static
-padding it computes for this input size.
+their values (int8 probes are quantized like the model's engines, calibrated on random
+inputs: the scales do not change the speed). Padding modes other than zeros become a
+``Pad`` node (``circular`` is timed as ``edge``, which moves the same data); timm's
+dynamic 'same' padding becomes the static padding it computes for this input size.
 """
 
 from __future__ import annotations
@@ -50,14 +52,17 @@ from .backends import check_precision, get_backend
 from .backends.base import Backend
 from .build import build_engine_file
 from .engine import Engine
-from .export import DEFAULT_OPSET, export_onnx
+from .export import DEFAULT_OPSET, export_onnx, onnx_io
 from .latency import LatencyStats, measure_interleaved
+from .quantize import random_calibration, scheme_for
 from .report import load_average
 from .shapes import conv_shapes
 from .spec import PRECISIONS, BuildOptions, check_input_size
 
 FORMAT_VERSION = 1
 PROBE_INPUT = "input"
+# int8 targets: layer graphs are calibrated on random inputs (scales do not change speed)
+PROBE_CALIBRATION_IMAGES = 8
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "edge"}
 
 Progress = Callable[[str], None] | None
@@ -112,6 +117,11 @@ class Target:
             "spinning": self.spinning if cpu_threads else None,
             "opset": self.opset,
         }
+        if self.precision == "int8":  # layers are timed as runtime.quantize builds them
+            key["quantization"] = {
+                **scheme_for(backend.name),
+                "calibration": f"minmax on {PROBE_CALIBRATION_IMAGES} random N(0, 1) inputs",
+            }
         return backend, key
 
 
@@ -345,8 +355,14 @@ def _engine(
         onnx.save(model, str(onnx_path))
     else:
         onnx_path = model
+    calibration = None
+    if target.precision == "int8":
+        calibration = random_calibration(onnx_io(onnx_path)[2], PROBE_CALIBRATION_IMAGES)
     options = BuildOptions(
-        backend=backend.name, precision=target.precision, batch_sizes=(target.batch_size,)
+        backend=backend.name,
+        precision=target.precision,
+        batch_sizes=(target.batch_size,),
+        calibration=calibration,
     )
     built = build_engine_file(
         onnx_path, workdir / f"{name}{backend.engine_suffix}", options, backend=backend

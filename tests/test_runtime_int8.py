@@ -160,17 +160,20 @@ def test_build_and_check_int8_alone(tmp_path):
     assert report["precisions"]["int8"]["quantization"]["calibration_data"].startswith("random")
 
 
-def test_calibration_reads_the_train_split(tmp_path):
+def test_calibration_reads_the_train_split(tmp_path, monkeypatch):
     root = write_fashion_mnist(tmp_path / "fmnist", n_train=40, n_test=24)
-    data = resolve_calibration_data(
-        str(root), input_size=INPUT_SIZE, data_config=CFG, max_images=32
-    )
-    assert data.description == "Fashion-MNIST train split (32 images)"
-    got = calibration_from_data(data).images
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(root))
     train = fashion_mnist(INPUT_SIZE, MEAN, STD, root=root, split="train", max_images=32)
     test = fashion_mnist(INPUT_SIZE, MEAN, STD, root=root, split="test", max_images=24)
-    np.testing.assert_array_equal(got, next(train.batches(32))[0].numpy())
-    assert not np.array_equal(got[:24], next(test.batches(24))[0].numpy())
+    # an IDX directory, the data set's name, and the default for a Fashion-MNIST model
+    for given, hint in ((str(root), None), ("fashion-mnist", None), (None, "fashion-mnist")):
+        data = resolve_calibration_data(
+            given, input_size=INPUT_SIZE, data_config=CFG, dataset_hint=hint, max_images=32
+        )
+        assert data.description == "Fashion-MNIST train split (32 images)"
+        got = calibration_from_data(data).images
+        np.testing.assert_array_equal(got, next(train.batches(32))[0].numpy())
+        assert not np.array_equal(got[:24], next(test.batches(24))[0].numpy())
 
 
 def test_calibration_takes_an_image_folders_train_split_and_refuses_test(tmp_path):
@@ -303,3 +306,56 @@ def test_engine_is_rebuilt_when_the_calibration_changes(tiny_onnx, tmp_path):
         assert again.rebuilt and [p.split(":")[0] for p in parts] == [
             f"quantization.{f}" for f in fields
         ]
+
+
+def test_tensorrt_graphs_quantize_activations_symmetric_int8(tiny_onnx, tmp_path):
+    """TensorRT accepts only symmetric int8 QDQ (zero point 0); ONNX Runtime gets uint8."""
+    from runtime.quantize import quantize_qdq
+
+    for backend, dtype in (
+        ("tensorrt", onnx.TensorProto.INT8),
+        ("onnxruntime", onnx.TensorProto.UINT8),
+    ):
+        info = quantize_qdq(
+            tiny_onnx, tmp_path / f"{backend}.qdq.onnx", _calibration(), backend=backend
+        )
+        graph = onnx.load(info["qdq_onnx"]).graph
+        inits = {t.name: t for t in graph.initializer}
+        zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert len(zero_points) == info["quantized_tensors"] > 0
+        assert {z.data_type for z in zero_points} == {dtype}
+        if backend == "tensorrt":
+            assert all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)
+
+
+def test_cost_tables_for_an_int8_target_time_quantized_layers(monkeypatch, tmp_path):
+    import runtime.costs
+    from runtime.costs import CostCache, Target, cost_table
+    from tests.runtime_models import tiny_resnet
+
+    built = []
+    real = runtime.costs.build_engine_file
+
+    def spy(onnx_path, engine_path, options, **kwargs):
+        result = real(onnx_path, engine_path, options, **kwargs)
+        built.append((options.precision, onnx.load(result.metadata.extra["qdq_onnx"])))
+        return result
+
+    monkeypatch.setattr(runtime.costs, "build_engine_file", spy)
+    target = Target("onnxruntime", batch_size=1, input_size=INPUT_SIZE, precision="int8")
+    cache = CostCache(tmp_path / "costs")
+    table = cost_table(
+        tiny_resnet(), target, include="layer4.0.conv2", cache=cache, rank_step=32, runs=2
+    )
+    (layer,) = table.layers.values()
+    assert sorted(layer.costs.rank_ms) == list(layer.ranks) and layer.costs.dense_ms > 0
+    assert len(built) == 1 + len(layer.ranks) and {p for p, _ in built} == {"int8"}
+    for _, graph in built:  # every conv of every probe runs on int8 weights
+        assert [n for n in graph.graph.node if n.op_type == "Conv"]
+        assert float_compute_nodes(graph) == []
+    fp32_key = Target("onnxruntime", batch_size=1, input_size=INPUT_SIZE).resolve()[1]
+    assert table.target_key["quantization"]["activations"] == "uint8 asymmetric"
+    assert "quantization" not in fp32_key  # so int8 and fp32 tables are cached apart
+    assert {
+        k: v for k, v in table.target_key.items() if k not in ("precision", "quantization")
+    } == {k: v for k, v in fp32_key.items() if k != "precision"}
