@@ -191,7 +191,7 @@ def quantize_qdq(
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[calibration.method],
-                nodes_to_exclude=[],
+                nodes_to_exclude=kept,
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )
         except Exception as err:  # onnxruntime raises many types from calibration
