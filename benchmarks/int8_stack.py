@@ -60,12 +60,18 @@ CALIBRATION_IMAGES = 512
 MULTIPLE = 16
 
 
-def _models(name: str) -> tuple[dict[str, nn.Module], tuple[int, int, int], dict[str, Any]]:
+def _models(
+    name: str, zoo_source: str
+) -> tuple[dict[str, nn.Module], tuple[int, int, int], dict[str, Any]]:
     """The low-rank model and its dense counterpart, the input size, and facts to report."""
     if name == ZOO_MODEL:
-        model, info = load_source(name)
+        model, info = load_source(zoo_source)
         size = tuple(info["pretrained_cfg"]["input_size"])
-        facts = {"weights": f"zoo model {name}", "card": info.get("metrics") or {}, "info": info}
+        facts = {
+            "weights": f"zoo model {zoo_source}",
+            "card": info.get("metrics") or {},
+            "info": info,
+        }
     else:
         size = (3, 224, 224)
         base = timm.create_model(name).eval()
@@ -86,8 +92,10 @@ def _calibration(name: str, size: tuple[int, int, int], facts: dict[str, Any]) -
     return calibration_from_data(data)
 
 
-def measure(name: str, workdir: Path, threads: int, warmup: int, runs: int) -> dict[str, Any]:
-    models, size, facts = _models(name)
+def measure(
+    name: str, workdir: Path, threads: int, warmup: int, runs: int, zoo_source: str = ZOO_MODEL
+) -> dict[str, Any]:
+    models, size, facts = _models(name, zoo_source)
     cost = trp_zoo.compare_cost(models["dense"], models["low-rank"], size)
     calibration = _calibration(name, size, facts)
     backend = get_backend("onnxruntime", spinning=False)
@@ -252,7 +260,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("Fashion-MNIST test top-1 (%)")
         ax.set_title(f"{ZOO_MODEL}, batch {batch}")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -268,6 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--zoo-source",
+        default=ZOO_MODEL,
+        help="where to load the Fashion-MNIST model from (a checkpoint directory, e.g. to try "
+        "the script on a small model with --output elsewhere)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -278,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             print(f"{name} ...", file=sys.stderr)
-            models[name] = measure(name, Path(tmp), args.threads, args.warmup, args.runs)
+            models[name] = measure(
+                name, Path(tmp), args.threads, args.warmup, args.runs, args.zoo_source
+            )
             models[name]["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             models[name]["command"] = f"python benchmarks/int8_stack.py --models {name}"
             print(to_markdown({"models": {name: models[name]}, "goals": []}), file=sys.stderr)

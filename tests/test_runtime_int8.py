@@ -196,13 +196,18 @@ def test_calibration_takes_an_image_folders_train_split_and_refuses_test(tmp_pat
         assert str(root / "train") in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unknown-split", "no-training-data"])
+CASES = ["missing", "empty", "empty-idx", "unknown-split", "no-training-data"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_bad_calibration_source_is_a_one_line_error(tmp_path, case):
     config = {"input_size": (3, 32, 32), "crop_pct": 1.0}
     data, hint = str(tmp_path / "nowhere"), None
     if case == "empty":
         (tmp_path / "train" / "class0").mkdir(parents=True)
         data = str(tmp_path / "train")
+    elif case == "empty-idx":  # Fashion-MNIST files whose train split holds no image
+        data = str(write_fashion_mnist(tmp_path / "fmnist", n_train=0, n_test=4))
     elif case == "unknown-split":
         (tmp_path / "photos").mkdir()
         data = str(tmp_path / "photos")
@@ -211,6 +216,7 @@ def test_bad_calibration_source_is_a_one_line_error(tmp_path, case):
     want = {
         "missing": "no such directory",
         "empty": "Found 0 images",
+        "empty-idx": "no images to calibrate on in Fashion-MNIST train split",
         "unknown-split": "cannot tell its split",
         "no-training-data": "nothing to calibrate",
     }[case]
