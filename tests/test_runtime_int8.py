@@ -86,7 +86,11 @@ def test_cli_builds_int8_next_to_fp32_and_reports_every_precision(int8_run):
         q = meta.quantization
         assert q["calibration_method"] == "minmax" and q["calibration_images"] == 64
         assert q["calibration_data"] == "Fashion-MNIST train split (64 images)"
-        assert Engine.load(engine).metadata.quantization == q  # usable by other code as is
+        assert Engine.load(engine).metadata.quantization == q
+        saved = onnx.load(str(engine))  # a plain QDQ ONNX file other tools can read
+        onnx.checker.check_model(saved, full_check=True)
+        assert {n.domain for n in saved.graph.node} == {""}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in saved.graph.node}
     fp32, rows = report["precisions"]["fp32"], report["rows"]
     for row in rows:
         section = report["precisions"][row["precision"]]
