@@ -369,3 +369,16 @@ def test_cost_tables_for_an_int8_target_time_quantized_layers(monkeypatch, tmp_p
     assert {
         k: v for k, v in table.target_key.items() if k not in ("precision", "quantization")
     } == {k: v for k, v in fp32_key.items() if k != "precision"}
+
+
+def test_cli_int8_flags_reach_the_run_config():
+    from runtime.build_engine import config_from_args, parser
+
+    args = ["m", "-o", "out", "--precision", "fp32, int8", "--keep-fp32", "fc"]
+    args += ["--keep-fp32", "layer4.*", "--calibration-method", "entropy"]
+    args += ["--calibration-images", "100", "--calibration-data", "data/imagenet"]
+    config = config_from_args(parser().parse_args(args))
+    assert config.precisions == ("fp32", "int8") and config.keep_fp32 == ("fc", "layer4.*")
+    assert config.calibration_method == "entropy" and config.calibration_images == 100
+    assert config.calibration_data == "data/imagenet"
+    assert main(["m", "-o", "out", "--precision", "fp32,int4"]) == 2  # before loading anything
