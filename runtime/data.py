@@ -175,12 +175,13 @@ CALIBRATION_HINT = (
 )
 
 
-def image_folder_train_split(root: str | os.PathLike[str]) -> Path:
+def image_folder_train_split(root: str | os.PathLike[str], *, sibling: bool = False) -> Path:
     """The training split of an ImageFolder data set given by ``root``.
 
-    ``root/train`` when it exists; ``root`` itself when it is named ``train``; the sibling
-    ``train`` of an evaluation split (``test``, ``val``, ...). A test split is refused:
-    calibrating on evaluation images would leak them into the engine.
+    ``root/train`` when it exists; ``root`` itself when it is named ``train``; with
+    ``sibling``, the ``train`` directory next to an evaluation split (``test``, ``val``,
+    ...: the ``--data`` directory). An evaluation split itself is refused: calibrating on
+    test images would leak them into the engine.
     """
     root = Path(root)
     if not root.is_dir():
@@ -190,6 +191,8 @@ def image_folder_train_split(root: str | os.PathLike[str]) -> Path:
     name = root.name.lower()
     if name == "train":
         return root
+    if name in TEST_SPLIT_NAMES and sibling and (root.parent / "train").is_dir():
+        return root.parent / "train"
     if name in TEST_SPLIT_NAMES:
         raise DataError(
             f"refusing to calibrate on {root}: it is an evaluation split ('{root.name}'), and "
@@ -209,16 +212,22 @@ def resolve_calibration_data(
     data_config: Mapping[str, Any],
     dataset_hint: str | None = None,
     max_images: int,
+    eval_data: str | None = None,
 ) -> EvalData:
     """The images int8 engines are calibrated on: always a training split, never test.
 
-    ``data`` is ``--calibration-data`` or, when None, ``--data``'s value (``None`` there:
-    Fashion-MNIST for its models). ``fashion-mnist`` and IDX directories give Fashion-MNIST's
-    train split; a directory an ImageFolder's train split (``image_folder_train_split``);
-    ``random`` standard-normal inputs (for speed only: no accuracy meaning).
+    ``data`` is ``--calibration-data``; when None, the training split of ``eval_data``
+    (``--data``: its sibling ``train`` directory for an ImageFolder ``val``/``test``
+    directory; Fashion-MNIST for its models when that is None too). ``fashion-mnist`` and
+    IDX directories give Fashion-MNIST's train split; a directory an ImageFolder's train
+    split (``image_folder_train_split``); ``random`` standard-normal inputs (for speed
+    only: no accuracy meaning).
     """
     if max_images < 1:
         raise DataError(f"--calibration-images must be >= 1, got {max_images}")
+    derived = data is None and eval_data is not None
+    if data is None:
+        data = eval_data
     if data is None:
         if (dataset_hint or "").lower() != FASHION_MNIST:
             raise DataError(
@@ -238,7 +247,7 @@ def resolve_calibration_data(
         try:
             folder = find_fashion_mnist(data)
         except FileNotFoundError:
-            train = image_folder_train_split(data)
+            train = image_folder_train_split(data, sibling=derived)
             found = image_folder(
                 train, data_config, max_images=max_images, flag="--calibration-data"
             )

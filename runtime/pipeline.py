@@ -180,7 +180,8 @@ def build_and_check(
     if "int8" in precisions:
         calibration = calibration_from_data(
             resolve_calibration_data(
-                config.calibration_data if config.calibration_data is not None else config.data,
+                config.calibration_data,
+                eval_data=config.data,
                 input_size=size,
                 data_config=data_config,
                 dataset_hint=summary["card"].get("dataset"),

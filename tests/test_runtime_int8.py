@@ -193,8 +193,13 @@ def test_calibration_takes_an_image_folders_train_split_and_refuses_test(tmp_pat
     for given in (root, root / "train"):
         data = resolve(given)
         assert str(root / "train") in data.description and data.size == 12
+    # the --data directory (an evaluation split) names its sibling train split
+    data = resolve_calibration_data(
+        None, eval_data=str(root / "val"), input_size=(3, 32, 32), data_config=config, max_images=5
+    )
+    assert str(root / "train") in data.description and data.size == 5
     (root / "test").mkdir()
-    for split in ("val", "test"):
+    for split in ("val", "test"):  # named as calibration data, an evaluation split is refused
         with pytest.raises(DataError, match="refusing to calibrate") as err:
             resolve(root / split)
         assert str(root / "train") in str(err.value) and "\n" not in str(err.value)
