@@ -19,6 +19,7 @@ from .backends import get_backend
 from .backends.base import Backend
 from .engine import Engine
 from .export import DEFAULT_OPSET, export_onnx, onnx_io
+from .quantize import Calibration, quantize_qdq, scheme_for
 from .spec import BuildOptions, EngineMetadata, check_input_size, save_metadata, stale_reason
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,16 @@ def build_engine_file(
     """Build ``engine_path`` from ``onnx_path`` unless a saved engine already matches.
 
     A saved engine is reused when its metadata sidecar records the same backend version,
-    device, precision, ONNX SHA-256, input size and batch profile, and its bytes still
-    match their recorded checksum; otherwise (or with ``force``) it is rebuilt.
+    device, precision, ONNX SHA-256, input size and batch profile (int8: and the same
+    quantization and calibration), and its bytes still match their recorded checksum;
+    otherwise (or with ``force``) it is rebuilt. An int8 engine is built from the QDQ graph
+    ``quantize_qdq`` writes next to it (``<engine name>.qdq.onnx``), calibrated with
+    ``options.calibration``.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     backend = backend or get_backend(options.backend)
     input_name, output_name, size = onnx_io(onnx_path)
+    calibration: Calibration | None = options.calibration
     wanted = EngineMetadata(
         backend=backend.name,
         backend_version=backend.version(),
@@ -67,6 +72,7 @@ def build_engine_file(
         output_name=output_name,
         input_size=size,
         batch=options.profile,
+        quantization=calibration.record(scheme_for(backend.name)) if calibration else {},
     )
     reason = "forced rebuild" if force else stale_reason(engine_path, wanted)
     if reason is None:
@@ -82,7 +88,12 @@ def build_engine_file(
             }
         )
     logger.info("building %s (%s)", engine_path, reason)
-    extra = backend.build(onnx_path, engine_path, options)
+    extra: dict[str, object] = {}
+    if calibration is not None:
+        qdq_path = engine_path.parent / (engine_path.name.split(".")[0] + ".qdq.onnx")
+        extra = quantize_qdq(onnx_path, qdq_path, calibration, backend=backend.name)
+        onnx_path = qdq_path
+    extra.update(backend.build(onnx_path, engine_path, options))
     meta = EngineMetadata(
         **{**wanted.__dict__, "engine_sha256": sha256_file(engine_path), "extra": extra}
     )
@@ -103,15 +114,25 @@ def build(
     threads: int | None = None,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
+    calibration: Calibration | None = None,
 ) -> Engine:
     """Build (or reuse) an engine for a PyTorch model or an ONNX file and load it.
 
     A model is first exported to ``<engine name>.onnx`` next to the engine (input size from
     ``input_size`` or the model's ``pretrained_cfg``). ``backend`` is ``auto``, ``tensorrt``
-    or ``onnxruntime``.
+    or ``onnxruntime``. ``precision="int8"`` needs ``calibration`` (training images, e.g.
+    ``runtime.quantize.calibration_from_data(runtime.data.resolve_calibration_data(...))``).
     """
     engine_path = Path(engine_path)
     be = get_backend(backend)
+    options = BuildOptions(
+        backend=be.name,
+        precision=precision,
+        batch_sizes=tuple(batch_sizes),
+        workspace_bytes=workspace_bytes,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+        calibration=calibration,
+    )
     if isinstance(source, nn.Module):
         size = check_input_size(input_size or model_input_size(source))
         onnx_path = engine_path.parent / (engine_path.name.split(".")[0] + ".onnx")
@@ -120,13 +141,6 @@ def build(
         export_onnx(source, onnx_path, size, opset=opset)
     else:
         onnx_path = Path(source)
-    options = BuildOptions(
-        backend=be.name,
-        precision=precision,
-        batch_sizes=tuple(batch_sizes),
-        workspace_bytes=workspace_bytes,
-        timing_cache=Path(timing_cache) if timing_cache else None,
-    )
     built = build_engine_file(onnx_path, engine_path, options, force=force, backend=be)
     return Engine.load(built.path, threads=threads)
 

@@ -4,6 +4,8 @@ check their accuracy and speed, and write ``report.json`` / ``report.md``.
     python -m runtime.build_engine fmnist_resnet18_trp_ch --output engines/fmnist
     python -m runtime.build_engine ./checkpoints/my_model --backend onnxruntime \\
         --batch-sizes 1,8,32 --min-top1-agreement 0.99 --min-speedup 1.3
+    python -m runtime.build_engine resnet18_trp_ch_fmnist --output engines/int8 \\
+        --precision fp32,int8 --calibration-images 512 --max-top1-drop 0.5
 
 Exit status: 0 when every gate passes, 1 when a gate fails (with a one-line reason on
 stderr), 2 on bad input (a one-line error naming the problem and the fix).
@@ -20,7 +22,8 @@ from pathlib import Path
 from .backends import BACKENDS
 from .checks import Gates
 from .export import DEFAULT_OPSET, MIN_OPSET
-from .pipeline import RunConfig, build_and_check
+from .pipeline import RunConfig, build_and_check, parse_precisions
+from .quantize import CALIBRATION_METHODS
 from .report import to_markdown
 from .spec import PRECISIONS, check_input_size, parse_batch_sizes
 
@@ -44,9 +47,39 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
         default="fp32",
-        help="engine precision (fp16/bf16: TensorRT only)",
+        help=f"engine precision, or several comma-separated, all measured in one run (e.g. "
+        f"fp32,int8: the report then has speed-ups against dense fp32): {', '.join(PRECISIONS)} "
+        "(fp16/bf16: TensorRT only)",
+    )
+    int8 = p.add_argument_group("int8 (static quantization to a QDQ graph)")
+    int8.add_argument(
+        "--calibration-images",
+        type=int,
+        default=512,
+        metavar="N",
+        help="calibrate on N images of the training split (never the test split)",
+    )
+    int8.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default="minmax",
+        help="how activation ranges are chosen from the calibration images",
+    )
+    int8.add_argument(
+        "--calibration-data",
+        default=None,
+        help="where the training split is: 'fashion-mnist', an ImageFolder train directory "
+        "(or one holding train/), or 'random' (speed only) (default: the training split of "
+        "--data)",
+    )
+    int8.add_argument(
+        "--keep-fp32",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="keep the layers whose module path matches PATTERN (fnmatch, e.g. 'fc' or "
+        "'layer4.*') in float; repeatable",
     )
     p.add_argument(
         "--batch-sizes",
@@ -139,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         backend=args.backend,
-        precision=args.precision,
+        precision=",".join(parse_precisions(args.precision)),
         batch_sizes=tuple(parse_batch_sizes(args.batch_sizes)),
         input_size=check_input_size(args.input_size) if args.input_size else None,
         data=args.data,
@@ -161,6 +194,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         ),
         progress=sys.stderr.isatty(),
         record=args.record,
+        calibration_images=args.calibration_images,
+        calibration_method=args.calibration_method,
+        calibration_data=args.calibration_data,
+        keep_fp32=tuple(args.keep_fp32),
     )
 
 

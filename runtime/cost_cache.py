@@ -1,7 +1,8 @@
 """Measured costs on disk, under ``$TRP_ZOO_HOME/costs``, keyed by everything that changes them.
 
 One JSON file per (target, layer) or (target, model structure). The key holds the
-backend, its version and device, precision, batch size, threads, thread spinning and
+backend, its version and device, precision (int8: the quantization scheme and the
+probes' calibration), batch size, threads, thread spinning and
 opset (the target, ``runtime.target``); the scheme, the layer's geometry and input size
 (the probe, ``runtime.probes``); and ``FORMAT_VERSION``.
 """

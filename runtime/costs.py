@@ -35,12 +35,13 @@ from .backends.base import Backend
 from .build import build_engine_file
 from .cost_cache import CostCache, LayerCosts, digest
 from .engine import Engine
-from .export import export_onnx
+from .export import export_onnx, onnx_io
 from .latency import LatencyStats, measure_interleaved
 from .probes import LayerProbe, candidate_ranks
+from .quantize import random_calibration
 from .report import load_average
 from .spec import BuildOptions
-from .target import Target
+from .target import PROBE_CALIBRATION_IMAGES, Target
 
 Progress = Callable[[str], None] | None
 
@@ -53,8 +54,14 @@ def _engine(
         onnx.save(model, str(onnx_path))
     else:
         onnx_path = model
+    calibration = None
+    if target.precision == "int8":
+        calibration = random_calibration(onnx_io(onnx_path)[2], PROBE_CALIBRATION_IMAGES)
     options = BuildOptions(
-        backend=backend.name, precision=target.precision, batch_sizes=(target.batch_size,)
+        backend=backend.name,
+        precision=target.precision,
+        batch_sizes=(target.batch_size,),
+        calibration=calibration,
     )
     built = build_engine_file(
         onnx_path, workdir / f"{name}{backend.engine_suffix}", options, backend=backend

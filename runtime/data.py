@@ -87,16 +87,21 @@ def fashion_mnist(
 
 
 def image_folder(
-    root: str | os.PathLike[str], data_config: Mapping[str, Any], *, max_images: int | None = None
+    root: str | os.PathLike[str],
+    data_config: Mapping[str, Any],
+    *,
+    max_images: int | None = None,
+    flag: str = "--data",
 ) -> EvalData:
-    """An ImageFolder tree (``root/<class>/<image>``) read with timm's eval transforms."""
+    """An ImageFolder tree (``root/<class>/<image>``) read with timm's eval transforms
+    (``flag``: the option errors name)."""
     import timm.data
     from torch.utils.data import DataLoader, Subset
 
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"--data {root}: no such directory; pass an ImageFolder directory "
+            f"{flag} {root}: no such directory; pass an ImageFolder directory "
             "(one sub-directory of images per class), 'fashion-mnist', or 'random'"
         )
     transform = timm.data.create_transform(**data_config, is_training=False)
@@ -104,10 +109,10 @@ def image_folder(
         dataset: Any = timm.data.ImageDataset(str(root), transform=transform)
     except Exception as err:  # timm raises RuntimeError/FileNotFoundError for empty trees
         raise DataError(
-            f"--data {root} is not an ImageFolder tree ({err}); expected root/<class>/<image>"
+            f"{flag} {root} is not an ImageFolder tree ({err}); expected root/<class>/<image>"
         ) from None
     if len(dataset) == 0:
-        raise DataError(f"--data {root} holds no images; expected root/<class>/<image>")
+        raise DataError(f"{flag} {root} holds no images; expected root/<class>/<image>")
     if max_images:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))
 
@@ -192,3 +197,95 @@ def sensitivity_images(
         split="train",
     )
     return torch.cat([x for x, _ in images.batches(256)])
+
+
+TEST_SPLIT_NAMES = ("test", "val", "validation", "eval", "t10k")
+CALIBRATION_HINT = (
+    "pass --calibration-data with a training split: 'fashion-mnist' (its train split), an "
+    "ImageFolder train directory (or a directory holding train/), or 'random' (speed only)"
+)
+
+
+def image_folder_train_split(root: str | os.PathLike[str], *, sibling: bool = False) -> Path:
+    """The training split of an ImageFolder data set given by ``root``.
+
+    ``root/train`` when it exists; ``root`` itself when it is named ``train``; with
+    ``sibling``, the ``train`` directory next to an evaluation split (``test``, ``val``,
+    ...: the ``--data`` directory). An evaluation split itself is refused: calibrating on
+    test images would leak them into the engine.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"calibration data {root}: no such directory; {CALIBRATION_HINT}")
+    if (root / "train").is_dir():
+        return root / "train"
+    name = root.name.lower()
+    if name == "train":
+        return root
+    if name in TEST_SPLIT_NAMES and sibling and (root.parent / "train").is_dir():
+        return root.parent / "train"
+    if name in TEST_SPLIT_NAMES:
+        raise DataError(
+            f"refusing to calibrate on {root}: it is an evaluation split ('{root.name}'), and "
+            f"calibration must never see test images; pass its train split"
+            + (f" ({root.parent / 'train'})" if (root.parent / "train").is_dir() else "")
+        )
+    raise DataError(
+        f"calibration data {root}: cannot tell its split (no train/ inside, not named train); "
+        f"{CALIBRATION_HINT}"
+    )
+
+
+def resolve_calibration_data(
+    data: str | None,
+    *,
+    input_size: Sequence[int],
+    data_config: Mapping[str, Any],
+    dataset_hint: str | None = None,
+    max_images: int,
+    eval_data: str | None = None,
+) -> EvalData:
+    """The images int8 engines are calibrated on: always a training split, never test.
+
+    ``data`` is ``--calibration-data``; when None, the training split of ``eval_data``
+    (``--data``: its sibling ``train`` directory for an ImageFolder ``val``/``test``
+    directory; Fashion-MNIST for its models when that is None too). ``fashion-mnist`` and
+    IDX directories give Fashion-MNIST's train split; a directory an ImageFolder's train
+    split (``image_folder_train_split``); ``random`` standard-normal inputs (for speed
+    only: no accuracy meaning).
+    """
+    if max_images < 1:
+        raise DataError(f"--calibration-images must be >= 1, got {max_images}")
+    derived = data is None and eval_data is not None
+    if data is None:
+        data = eval_data
+    if data is None:
+        if (dataset_hint or "").lower() != FASHION_MNIST:
+            raise DataError(
+                "nothing to calibrate the int8 engines on: the model's training data is "
+                f"unknown; {CALIBRATION_HINT}"
+            )
+        data = FASHION_MNIST
+    if data == RANDOM:
+        return random_images(input_size, max_images, seed=1)
+    mean = data_config.get("mean", (0.0,))
+    std = data_config.get("std", (1.0,))
+    if data == FASHION_MNIST:
+        found = fashion_mnist(input_size, mean, std, max_images=max_images, split="train")
+    else:
+        from trp_zoo.data import find_fashion_mnist
+
+        try:
+            folder = find_fashion_mnist(data)
+        except FileNotFoundError:
+            train = image_folder_train_split(data, sibling=derived)
+            found = image_folder(
+                train, data_config, max_images=max_images, flag="--calibration-data"
+            )
+        else:
+            found = fashion_mnist(
+                input_size, mean, std, max_images=max_images, root=folder, split="train"
+            )
+    if found.size == 0:
+        raise DataError(f"no images to calibrate on in {found.description}; {CALIBRATION_HINT}")
+    return found

@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,15 @@ from trp_zoo.rank_alignment import pad_ranks
 from .backends import check_precision, get_backend
 from .build import build_engine_file, model_input_size
 from .checks import Gates, check_agreement, evaluate_gates
-from .data import EvalData, resolve_eval_data
+from .data import EvalData, resolve_calibration_data, resolve_eval_data
 from .engine import Engine
 from .errors import ExportError
 from .export import DEFAULT_OPSET, ExportedModel, export_onnx
 from .latency import measure_interleaved
-from .report import environment, write_report
+from .quantize import CALIBRATION_METHODS, calibration_from_data
+from .report import environment, summary_rows, write_report
 from .sources import load_source
-from .spec import BuildOptions, check_input_size
+from .spec import PRECISIONS, BuildOptions, check_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class RunConfig:
     """Settings of one ``build_and_check`` run (the CLI's flags)."""
 
     backend: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # one precision or several, comma-separated: "fp32,int8"
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     input_size: tuple[int, int, int] | None = None
     data: str | None = None  # see runtime.data.resolve_eval_data
@@ -55,6 +56,34 @@ class RunConfig:
     gates: Gates = field(default_factory=Gates)
     progress: bool = False
     record: bool = True  # write the speed-ups into the checkpoint (local directories only)
+    # int8: calibration images from the training split of ``calibration_data`` (default:
+    # of ``data``), the calibration method and module-path patterns kept in fp32
+    calibration_images: int = 512
+    calibration_method: str = "minmax"
+    calibration_data: str | None = None
+    keep_fp32: tuple[str, ...] = ()
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions to build, in order (``precision`` split at commas)."""
+        return parse_precisions(self.precision)
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """``"fp32,int8"`` -> ``("fp32", "int8")``, with a clear error for anything else."""
+    values = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [p for p in values if p not in PRECISIONS]
+    if not values or bad:
+        raise ValueError(
+            f"--precision takes one or more of {', '.join(PRECISIONS)}, comma-separated "
+            f"(e.g. fp32,int8), got {text!r}"
+        )
+    return values
+
+
+def engine_stem(variant: str, precision: str) -> str:
+    """File name stem of an engine: ``dense``, ``factorized`` (fp32), ``dense_int8``, ..."""
+    return variant if precision == "fp32" else f"{variant}_{precision}"
 
 
 def _model_summary(
@@ -130,48 +159,76 @@ def build_and_check(
     summary["ranks_padded_to_multiple_of"] = config.pad_ranks
     cost = trp_zoo.compare_cost(models["dense"], factorized, size)
 
+    precisions = config.precisions
     backend = get_backend(config.backend, spinning=config.spinning)
-    check_precision(backend.name, config.precision)
-    options = BuildOptions(
-        backend=backend.name,
-        precision=config.precision,
-        batch_sizes=config.batch_sizes,
-        workspace_bytes=config.workspace_bytes,
-        timing_cache=config.timing_cache,
-    )
+    for precision in precisions:
+        check_precision(backend.name, precision)
+    if config.calibration_method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got "
+            f"{config.calibration_method!r}"
+        )
+    data_config = {**pretrained_cfg, "input_size": size}
     data = resolve_eval_data(
         config.data,
         input_size=size,
-        data_config={**pretrained_cfg, "input_size": size},
+        data_config=data_config,
         dataset_hint=summary["card"].get("dataset"),
         max_images=config.max_images,
     )
+    calibration = None
+    if "int8" in precisions:
+        calibration = calibration_from_data(
+            resolve_calibration_data(
+                config.calibration_data,
+                eval_data=config.data,
+                input_size=size,
+                data_config=data_config,
+                dataset_hint=summary["card"].get("dataset"),
+                max_images=config.calibration_images,
+            ),
+            method=config.calibration_method,
+            keep_fp32=config.keep_fp32,
+        )
     exports = {
         name: export_onnx(m, out / f"{name}.onnx", size, opset=config.opset)
         for name, m in models.items()
     }
     _check_conv_nodes(exports, len(plan))
 
-    built = {
-        name: build_engine_file(
-            exports[name].path,
-            out / f"{name}{backend.engine_suffix}",
-            options,
-            force=config.force,
-            backend=backend,
+    built = {}
+    for precision in precisions:
+        options = BuildOptions(
+            backend=backend.name,
+            precision=precision,
+            batch_sizes=config.batch_sizes,
+            workspace_bytes=config.workspace_bytes,
+            timing_cache=config.timing_cache,
+            calibration=calibration if precision == "int8" else None,
         )
-        for name in VARIANTS
-    }
+        for name in VARIANTS:
+            built[precision, name] = build_engine_file(
+                exports[name].path,
+                out / f"{engine_stem(name, precision)}{backend.engine_suffix}",
+                options,
+                force=config.force,
+                backend=backend,
+            )
     engines = {
-        name: Engine.load(b.path, threads=config.threads, spinning=config.spinning)
-        for name, b in built.items()
+        key: Engine.load(b.path, threads=config.threads, spinning=config.spinning)
+        for key, b in built.items()
     }
     try:
-        hi = engines["factorized"].batch_range[1]  # TensorRT: the profile's largest batch
+        hi = engines[precisions[0], "factorized"].batch_range[1]  # TensorRT: the profile's max
         eval_batch = hi if hi is not None else max(64, *config.batch_sizes)
-        accuracy = _accuracy(engines, models, data, eval_batch, summary)
+        accuracy = {
+            p: _accuracy(
+                {name: engines[p, name] for name in VARIANTS}, models, data, eval_batch, summary
+            )
+            for p in precisions
+        }
         timings = measure_interleaved(
-            engines,
+            {f"{name}_{p}": engine for (p, name), engine in engines.items()},
             config.batch_sizes,
             warmup=config.warmup,
             runs=config.runs,
@@ -181,7 +238,12 @@ def build_and_check(
         for engine in engines.values():
             engine.close()
 
-    meta = built["factorized"].metadata
+    sections = {
+        p: _precision_section(p, built, exports, accuracy[p], timings, cost.macs_reduction)
+        for p in precisions
+    }
+    meta = built[precisions[0], "factorized"].metadata
+    first = sections[precisions[0]]
     report: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": summary,
@@ -208,21 +270,15 @@ def build_and_check(
             "version": meta.backend_version,
             "device": meta.device,
             "precision": meta.precision,
+            "precisions": list(precisions),
             "batch_profile": asdict(meta.batch),
             "threads": (config.threads or os.cpu_count())
             if meta.backend == "onnxruntime"
             else None,
         },
-        "engines": {
-            name: {
-                "path": str(b.path),
-                "onnx": str(exports[name].path),
-                "rebuilt": b.rebuilt,
-                "reason": b.reason,
-            }
-            for name, b in built.items()
-        },
-        "accuracy": accuracy,
+        # the first precision's engines, accuracy and latency (every one's in "precisions")
+        "engines": first["engines"],
+        "accuracy": first["accuracy"],
         "latency": {
             "warmup": config.warmup,
             "runs": config.runs,
@@ -230,23 +286,17 @@ def build_and_check(
             "timer": "CUDA events around copy-in, execution and copy-out"
             if meta.backend == "tensorrt"
             else "wall clock around InferenceSession.run",
-            "batches": [
-                {
-                    "batch": batch,
-                    "dense": stats["dense"].to_dict(),
-                    "factorized": stats["factorized"].to_dict(),
-                    "speedup": stats["dense"].p50_ms / stats["factorized"].p50_ms,
-                    "macs_reduction": cost.macs_reduction,
-                    "realized_fraction": stats["dense"].p50_ms
-                    / stats["factorized"].p50_ms
-                    / cost.macs_reduction,
-                }
-                for batch, stats in timings.items()
-            ],
+            "batches": first["latency"],
         },
+        "precisions": sections,
+        "rows": summary_rows(sections, cost.macs_reduction),
         "environment": environment(),
     }
-    gates = evaluate_gates(report, config.gates)
+    gates = []
+    for p, section in sections.items():  # every gate applies to every precision built
+        view = {**section, "latency": {"batches": section["latency"]}}
+        for g in evaluate_gates(view, config.gates):
+            gates.append(replace(g, message=f"{p}: {g.message}") if len(sections) > 1 else g)
     report["gates"] = [asdict(g) for g in gates]
     report["passed"] = all(g.passed for g in gates)
     if config.record and info.get("origin") in ("directory", "local-store"):
@@ -269,16 +319,58 @@ def _record_speedups(checkpoint: Path, report: Mapping[str, Any]) -> Path:
                 "backend": f"{backend['name']} {backend['version']}",
                 "device": device,
                 "batch_size": b["batch"],
-                "precision": backend["precision"],
+                "precision": p,
                 "dense_latency_ms": round(b["dense"]["p50_ms"], 3),
                 "latency_ms": round(b["factorized"]["p50_ms"], 3),
                 "macs_reduction": round(b["macs_reduction"], 3),
                 "command": "python -m runtime.build_engine",
                 "date": report["created"][:10],
             }
-            for b in report["latency"]["batches"]
+            for p, section in report["precisions"].items()
+            for b in section["latency"]
         ],
     )
+
+
+def _precision_section(
+    precision: str,
+    built: Mapping[tuple[str, str], Any],
+    exports: Mapping[str, ExportedModel],
+    accuracy: dict[str, Any],
+    timings: Mapping[int, Mapping[str, Any]],
+    macs_reduction: float,
+) -> dict[str, Any]:
+    """One precision's engines, accuracy and latency rows (factorized vs dense)."""
+    meta = built[precision, "factorized"].metadata
+    engines = {}
+    for name in VARIANTS:
+        b = built[precision, name]
+        engines[name] = {
+            "path": str(b.path),
+            "onnx": str(b.metadata.extra.get("qdq_onnx", exports[name].path)),
+            "rebuilt": b.rebuilt,
+            "reason": b.reason,
+        }
+    batches = []
+    for batch, stats in timings.items():
+        dense, fact = stats[f"dense_{precision}"], stats[f"factorized_{precision}"]
+        batches.append(
+            {
+                "batch": batch,
+                "dense": dense.to_dict(),
+                "factorized": fact.to_dict(),
+                "speedup": dense.p50_ms / fact.p50_ms,
+                "macs_reduction": macs_reduction,
+                "realized_fraction": dense.p50_ms / fact.p50_ms / macs_reduction,
+            }
+        )
+    return {
+        "precision": precision,
+        "quantization": meta.quantization or None,
+        "engines": engines,
+        "accuracy": accuracy,
+        "latency": batches,
+    }
 
 
 def _accuracy(

@@ -239,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", default="onnxruntime", help="onnxruntime, tensorrt (NVIDIA GPUs) or auto"
     )
-    p.add_argument("--precision", default="fp32", help="fp32 (fp16, bf16: TensorRT)")
+    p.add_argument("--precision", default="fp32", help="fp32 or int8 (fp16, bf16: TensorRT)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (0: all CPUs)")

@@ -1,9 +1,10 @@
 """Probe graphs: one conv, or its factorized pair, as a small ONNX model to time alone.
 
 Weights of the probe graphs are random: fp32 kernels run at the same speed whatever
-their values. Padding modes other than zeros become a ``Pad`` node (``circular`` is timed
-as ``edge``, which moves the same data); timm's dynamic 'same' padding becomes the static
-padding it computes for this input size.
+their values (int8 probes are quantized like the model's engines). Padding modes other
+than zeros become a ``Pad`` node (``circular`` is timed as ``edge``, which moves the same
+data); timm's dynamic 'same' padding becomes the static padding it computes for this
+input size.
 """
 
 from __future__ import annotations

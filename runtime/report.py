@@ -108,12 +108,84 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             f"{d['images_per_s']:.1f} | {f['images_per_s']:.1f} | {row['speedup']:.2f}x | "
             f"{row['macs_reduction']:.2f}x | {row['realized_fraction']:.2f} |"
         )
+    if len(report.get("precisions") or {}) > 1:
+        lines += _precision_table(report)
     if report.get("gates"):
         lines += ["", "## Gates", ""]
         for g in report["gates"]:
             lines.append(f"- {'PASS' if g['passed'] else 'FAIL'} `--{g['gate']}`: {g['message']}")
     lines += ["", "## Files", ""]
-    for name, e in report["engines"].items():
-        state = "built" if e["rebuilt"] else "reused"
-        lines.append(f"- {name}: `{e['path']}` ({state}: {e['reason']}); ONNX `{e['onnx']}`")
+    sections = report.get("precisions") or {be["precision"]: {"engines": report["engines"]}}
+    for precision, section in sections.items():
+        for name, e in section["engines"].items():
+            state = "built" if e["rebuilt"] else "reused"
+            lines.append(
+                f"- {name} {precision}: `{e['path']}` ({state}: {e['reason']}); ONNX `{e['onnx']}`"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _precision_table(report: Mapping[str, Any]) -> list[str]:
+    """Every precision and engine in one table (the accuracy and latency above are the
+    first precision's)."""
+    batches = [str(b["batch"]) for b in report["latency"]["batches"]]
+    lines = [
+        "",
+        "## Precisions",
+        "",
+        "Accuracy against the fp32 PyTorch model; speed-ups from the same interleaved run.",
+        "",
+        "| precision | engine | top-1 agreement | engine top-1 | "
+        + " | ".join(f"p50 ms @{b}" for b in batches)
+        + " | "
+        + " | ".join(f"vs dense fp32 @{b}" for b in batches)
+        + " | "
+        + " | ".join(f"vs dense same precision @{b}" for b in batches)
+        + " | MACs ratio |",
+        "|---" * (5 + 3 * len(batches)) + "|",
+    ]
+    for r in report["rows"]:
+        vs32 = r["speedup_vs_dense_fp32"] or {}
+        lines.append(
+            f"| {r['precision']} | {r['engine']} | {r['top1_agreement']:.4f} | "
+            f"{_fmt(r['engine_top1'], '.2f', '%')} | "
+            + " | ".join(f"{r['p50_ms'][b]:.2f}" for b in batches)
+            + " | "
+            + " | ".join(_fmt(vs32.get(b), ".2f", "x") for b in batches)
+            + " | "
+            + " | ".join(f"{r['speedup_vs_dense_same_precision'][b]:.2f}x" for b in batches)
+            + f" | {r['macs_ratio']:.2f}x |"
+        )
+    return lines
+
+
+def summary_rows(sections: Mapping[str, Any], macs_reduction: float) -> list[dict[str, Any]]:
+    """One row per precision and engine: accuracy against the fp32 PyTorch model, p50
+    latency per batch, speed-up against dense fp32 (None unless fp32 was built) and
+    against dense of the same precision, and the MACs ratio (dense / this engine)."""
+    reference = sections.get("fp32")
+    rows = []
+    for precision, section in sections.items():
+        for name in ("dense", "factorized"):
+            acc = section["accuracy"]["engines"][name]
+            latency, vs_fp32, vs_dense = {}, {}, {}
+            for i, b in enumerate(section["latency"]):
+                ms = b[name]["p50_ms"]
+                latency[str(b["batch"])] = ms
+                vs_dense[str(b["batch"])] = b["dense"]["p50_ms"] / ms
+                if reference is not None:
+                    vs_fp32[str(b["batch"])] = reference["latency"][i]["dense"]["p50_ms"] / ms
+            rows.append(
+                {
+                    "precision": precision,
+                    "engine": name,
+                    "top1_agreement": acc["top1_agreement"],
+                    "engine_top1": acc["engine_top1"],
+                    "torch_fp32_top1": acc["torch_top1"],
+                    "p50_ms": latency,
+                    "speedup_vs_dense_fp32": vs_fp32 if reference is not None else None,
+                    "speedup_vs_dense_same_precision": vs_dense,
+                    "macs_ratio": macs_reduction if name == "factorized" else 1.0,
+                }
+            )
+    return rows

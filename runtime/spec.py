@@ -20,7 +20,7 @@ from trp_zoo.fileio import sha256_file, write_json
 from .errors import EngineError
 
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,18 @@ class BuildOptions:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     workspace_bytes: int = 4 << 30  # TensorRT builder workspace limit
     timing_cache: Path | None = None  # TensorRT timing cache file, reused between builds
+    # int8: the calibrated quantization (runtime.quantize.Calibration); None otherwise
+    calibration: Any = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if (self.precision == "int8") != (self.calibration is not None):
+            raise ValueError(
+                "int8 engines need calibration images (a runtime.quantize.Calibration, e.g. "
+                "--calibration-images N) and other precisions take none"
             )
 
     @property
@@ -95,6 +102,8 @@ class EngineMetadata:
     engine_sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # int8: how it was quantized (scheme, calibration method, image count and data)
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def build_key(self) -> dict[str, Any]:
         """The fields that, when any changes, make a saved engine stale."""
@@ -107,6 +116,7 @@ class EngineMetadata:
             "onnx_sha256": self.onnx_sha256,
             "input_size": list(self.input_size),
             "batch": asdict(self.batch),
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,13 +169,28 @@ def stale_reason(engine_path: str | os.PathLike[str], wanted: EngineMetadata) ->
         return str(err)
     if saved is None:
         return "the engine has no metadata sidecar"
-    have, want = saved.build_key(), wanted.build_key()
-    changed = [f"{k}: {have.get(k)!r} -> {want[k]!r}" for k in want if have.get(k) != want[k]]
+    have, want = _flat(saved.build_key()), _flat(wanted.build_key())
+    keys = list(want) + [k for k in have if k not in want]
+    changed = [
+        f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in keys if have.get(k) != want.get(k)
+    ]
     if changed:
         return "changed since the last build: " + "; ".join(changed)
     if saved.engine_sha256 != sha256_file(engine_path):
         return "the engine file does not match the checksum recorded when it was built"
     return None
+
+
+def _flat(key: dict[str, Any]) -> dict[str, Any]:
+    """``{"quantization": {"calibration_method": ...}}`` -> ``{"quantization.calibration_method":
+    ...}``, so a stale reason names the field that changed."""
+    out: dict[str, Any] = {}
+    for k, v in key.items():
+        if isinstance(v, dict) and k == "quantization":
+            out.update({f"{k}.{sub}": value for sub, value in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 def check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:

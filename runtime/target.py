@@ -1,4 +1,9 @@
-"""A deployment target: where a model will run, and the key its measurements are cached by."""
+"""A deployment target: where a model will run, and the key its measurements are cached by.
+
+int8 targets time every layer as ``runtime.quantize`` builds the model's engines: its
+quantization scheme and the probes' calibration (random inputs: the scales do not change
+the speed) are part of the key.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,11 @@ from .backends import check_precision, get_backend
 from .backends.base import Backend
 from .cost_cache import FORMAT_VERSION
 from .export import DEFAULT_OPSET
+from .quantize import scheme_for
 from .spec import PRECISIONS, check_input_size
+
+# int8 targets: layer graphs are calibrated on random inputs (scales do not change speed)
+PROBE_CALIBRATION_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -54,4 +63,9 @@ class Target:
             "spinning": self.spinning if cpu_threads else None,
             "opset": self.opset,
         }
+        if self.precision == "int8":  # layers are timed as runtime.quantize builds them
+            key["quantization"] = {
+                **scheme_for(backend.name),
+                "calibration": f"minmax on {PROBE_CALIBRATION_IMAGES} random N(0, 1) inputs",
+            }
         return backend, key

@@ -95,3 +95,55 @@ def test_pipeline_on_tensorrt(model, tmp_path):
     for stats in report["accuracy"]["engines"].values():
         assert stats["top1_agreement"] >= 0.98
     assert "CUDA events" in report["latency"]["timer"]
+
+
+def _fmnist_calibration(count):
+    from runtime.data import resolve_calibration_data
+    from runtime.quantize import calibration_from_data
+
+    cfg = {"input_size": INPUT_SIZE, "mean": (0.2860,), "std": (0.3530,)}
+    data = resolve_calibration_data(
+        "fashion-mnist", input_size=INPUT_SIZE, data_config=cfg, max_images=count
+    )
+    return calibration_from_data(data)
+
+
+def test_int8_engine_from_the_qdq_graph_tracks_torch(model, tmp_path):
+    from runtime.data import fashion_mnist
+
+    with _build(
+        model,
+        tmp_path / "int8.engine",
+        precision="int8",
+        batch_sizes=(1, 32),
+        calibration=_fmnist_calibration(64),
+    ) as engine:
+        meta = engine.metadata
+        assert meta.precision == "int8" and meta.quantization["activations"] == "int8 symmetric"
+        assert meta.extra["qdq_onnx"] == str(tmp_path / "int8.qdq.onnx")
+        x = next(fashion_mnist(INPUT_SIZE, (0.2860,), (0.3530,), max_images=32).batches(32))[0]
+        ref = model(x).detach()
+        got = engine(x)
+        assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+        assert float((got - ref).abs().max()) < 0.2 * float(ref.abs().max())
+
+
+def test_pipeline_builds_fp32_and_int8_on_tensorrt(model, tmp_path):
+    report = build_and_check(
+        model,
+        tmp_path,
+        RunConfig(
+            backend="tensorrt",
+            precision="fp32,int8",
+            batch_sizes=(1, 8),
+            runs=5,
+            warmup=2,
+            data="fashion-mnist",
+            max_images=256,
+            calibration_images=64,
+        ),
+    )
+    assert list(report["precisions"]) == ["fp32", "int8"]
+    for stats in report["precisions"]["int8"]["accuracy"]["engines"].values():
+        assert stats["top1_agreement"] >= 0.9
+    assert (tmp_path / "factorized_int8.engine").is_file()

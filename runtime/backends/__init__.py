@@ -50,11 +50,11 @@ def resolve_backend_name(name: str) -> str:
 
 
 def check_precision(backend: str, precision: str) -> None:
-    """Refuse precisions a backend cannot build (ONNX Runtime engines are fp32)."""
-    if backend == "onnxruntime" and precision != "fp32":
+    """Refuse precisions a backend cannot build (ONNX Runtime engines are fp32 or int8)."""
+    if backend == "onnxruntime" and precision not in ("fp32", "int8"):
         raise ValueError(
             f"precision {precision} needs the TensorRT backend; ONNX Runtime engines are fp32 "
-            "(use --precision fp32 or --backend tensorrt)"
+            "or int8 (use --precision fp32, int8 or --backend tensorrt)"
         )
 
 

@@ -1,7 +1,8 @@
 """TensorRT backend (TensorRT >= 10 Python API, pycuda for memory and streams).
 
 Build: ONNX parser -> network (explicit batch, the only mode in TensorRT 10), builder
-config with a workspace limit, FP16/BF16 flags, one optimization profile over the
+config with a workspace limit, FP16/BF16 flags (INT8 + FP16 for the explicitly quantized
+QDQ graphs of ``runtime.quantize``), one optimization profile over the
 requested batch sizes, and a timing cache loaded from and saved to a file so later
 builds reuse kernel timings. Run: page-locked host buffers, device buffers sized for the
 largest batch, one stream, ``set_tensor_address`` + ``execute_async_v3``; timed with CUDA
@@ -50,6 +51,13 @@ def _set_precision(builder: trt.Builder, config: trt.IBuilderConfig, precision: 
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "bf16":
         config.set_flag(trt.BuilderFlag.BF16)
+    elif precision == "int8":
+        # explicit quantization: the QDQ graph carries the scales, so no calibrator and no
+        # calibration cache; FP16 lets the layers left in float (and TensorRT's fusions) run
+        # in half precision where that is faster
+        config.set_flag(trt.BuilderFlag.INT8)
+        if builder.platform_has_fast_fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
 
 
 def _add_profile(
