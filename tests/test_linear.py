@@ -173,7 +173,7 @@ def test_parent_reading_the_weight_keeps_the_linear_dense_with_a_reason(caplog) 
         "mha.out_proj: kept dense, MultiheadAttention.forward (mha) reads its weight directly"
         in caplog.text
     )
-    with pytest.raises(ValueError, match="'mha.out_proj', which cannot be factorized"):
+    with pytest.raises(ValueError, match=r"'mha\.out_proj', which cannot be factorized"):
         decompose(Model(), rank={"mha.out_proj": 4})
 
 

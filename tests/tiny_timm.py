@@ -62,5 +62,5 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any], tuple[int, int, int]]] = {
             transformer_dim_head=16,
         ),
         (3, 64, 64),
-    ),  # fmt: skip
+    ),
 }

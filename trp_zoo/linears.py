@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from functools import cache
 from typing import Literal
 
 from timm.layers import Linear as TimmLinear
@@ -60,9 +59,13 @@ def layer_scheme(layer: nn.Module, scheme: str | Scheme) -> Scheme:
     return get_scheme("channel") if isinstance(layer, nn.Linear) else get_scheme(scheme)
 
 
-@cache
+_SOURCES: dict[type, str] = {}
+
+
 def _forward_sources(cls: type) -> str:
     """Source of ``cls``'s forward methods (``forward``, ``forward_*``, ``_forward*``)."""
+    if cls in _SOURCES:
+        return _SOURCES[cls]
     parts = []
     for klass in cls.__mro__:
         if klass in (nn.Module, object):
@@ -73,7 +76,8 @@ def _forward_sources(cls: type) -> str:
                     parts.append(inspect.getsource(fn))
                 except (OSError, TypeError):
                     continue
-    return "\n".join(parts)
+    _SOURCES[cls] = "\n".join(parts)
+    return _SOURCES[cls]
 
 
 def _call_switch(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:

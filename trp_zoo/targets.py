@@ -115,6 +115,7 @@ def select_targets(
                     f"{close_matches(p, found)} Patterns are fnmatch globs on module names, "
                     "e.g. 'layer3.*'."
                 )
+    candidates: dict[str, Layer] = {}
     if names is not None:
         chosen: dict[str, Layer] = {}
         for raw in names:
@@ -131,7 +132,6 @@ def select_targets(
         candidates = chosen
     else:
         protected = stem_names(model) | classifier_names(model)
-        candidates: dict[str, Layer] = {}
         for n, m in found.items():
             if n in protected and not _matches(n, include_l):
                 continue

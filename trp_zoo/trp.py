@@ -191,9 +191,7 @@ class TRP:
             else:
                 self.tracked_decompositions += 1
             if queue_direction and self.nuclear_weight > 0:
-                self._pending[name] = sch.from_matrix(
-                    result.nuclear_direction, tuple(weight.shape)
-                )
+                self._pending[name] = sch.from_matrix(result.nuclear_direction, tuple(weight.shape))
         self._sync_ranks()
         if queue_direction:
             self._projected_step = self.step

@@ -19,10 +19,10 @@ from ..decompose import decompose
 from ..errors import ZooError
 from ..fileio import write_json
 from ..flops import compare_cost
+from ..linears import layer_scheme
 from ..publish import publish
 from ..registry import get_entry
 from ..saving import save_pretrained
-from ..linears import layer_scheme
 from .config import TrainConfig
 from .engine import Trainer
 from .plots import plot_curves, plot_ranks, plot_spectra
