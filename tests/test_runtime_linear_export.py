@@ -1,5 +1,6 @@
 """A factorized ViT through the runtime: ONNX export and an ONNX Runtime engine."""
 
+import onnx
 import timm
 import torch
 
@@ -23,6 +24,15 @@ def test_factorized_vit_exports_two_matmuls_per_linear_and_ort_matches_torch(tmp
 
     # each factorized Linear is two MatMul/Gemm nodes where the dense one is one
     assert matmuls(low, "vit.onnx") - matmuls(trp_zoo.densify(low), "dense.onnx") == len(plan)
+    graph = onnx.load(str(tmp_path / "vit.onnx")).graph
+    consts = {t.name: tuple(t.dims) for t in graph.initializer}
+    products = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    # ... on activations: no node multiplies two weights (the dense weight is never formed)
+    assert not [n.name for n in products if all(i in consts for i in n.input[:2])]
+    thin = {shape for n in products for i in n.input[:2] if (shape := consts.get(i))}
+    for layer, r in plan.items():
+        m = low.get_submodule(layer)
+        assert {(m.in_features, r), (r, m.out_features)} <= thin | {s[::-1] for s in thin}
 
     engine = build(
         low, tmp_path / "vit.ort.onnx", backend="onnxruntime", batch_sizes=(1, 4), input_size=size
