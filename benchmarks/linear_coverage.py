@@ -144,14 +144,16 @@ def main() -> None:
         {"timm": timm.__version__, "torch": torch.__version__, "rows": rows},
     )
     lines = [
-        "| architecture | ok | factorized Linears | factorized convs | MACs cut | rel. err vs projected | kept dense (reasons) |",
+        "| architecture | ok | factorized Linears | factorized convs | MACs cut "
+        "| rel. err vs projected | kept dense (reasons) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["ok"]:
             reasons = sorted({line.split(", ", 1)[1] for line in r["kept_dense"]})
             lines.append(
-                f"| {r['architecture']} | yes | {r['factorized_linears']} | {r['factorized_convs']} | "
+                f"| {r['architecture']} | yes | {r['factorized_linears']} | "
+                f"{r['factorized_convs']} | "
                 f"{r['macs_reduction']:.2f}x | {r['rel_err_vs_projected']:.1e} | "
                 f"{len(r['kept_dense'])}: {'; '.join(reasons)[:200]} |"
             )

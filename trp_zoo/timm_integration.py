@@ -9,9 +9,9 @@ timm reads ``config.json``: ``architecture`` names this entrypoint and ``model_a
 (``base_architecture``, ``scheme``, ``rank_plan``, ``num_classes``, ``in_chans``, ...)
 become its keyword arguments. The entrypoint builds the base timm model, swaps the planned
 convs and Linears for ``FactorizedConv2d`` and ``FactorizedLinear`` layers, and lets
-timm's ``build_model_with_cfg`` attach the
-``pretrained_cfg`` and load ``model.safetensors``, after checking that the file is intact
-and that its tensors fit the architecture.
+timm's ``build_model_with_cfg`` attach the ``pretrained_cfg`` and load
+``model.safetensors``, after checking that the file is intact and that its tensors fit
+the architecture.
 """
 
 from __future__ import annotations
