@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trp_zoo import TRP, FactorizedLinear, decompose, densify, rank_plan
+from trp_zoo import TRP, FactorizedLinear, count_flops, decompose, densify, rank_plan
 from trp_zoo.decompose import factorize_architecture, project_weights
 from trp_zoo.lowrank import exact_svd
 from trp_zoo.targets import select_targets
@@ -231,3 +231,27 @@ def test_trp_projects_linears_and_adds_the_subgradient_only_on_period_steps() ->
         assert matrix_rank(hook, name) == plan[name]
     macs = hook.macs_per_pixel()
     assert macs["fc1"] == (48 * 24, plan["fc1"] * (24 + 48))
+
+
+def test_count_flops_when_a_parameter_is_passed_as_a_module_input() -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            x, token = pair
+            return self.fc(x.flatten(1)[:, :8] + token)
+
+    class Model(nn.Module):  # as timm's PiT hands a view of its cls token to a module
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(1, 8))
+            self.pair = Pair()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pair((x, self.token.expand(x.shape[0], -1)))
+
+    model = Model()
+    assert count_flops(model, (1, 4, 4)) == 8 * 8
+    assert all(p.requires_grad for p in model.parameters())
