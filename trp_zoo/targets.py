@@ -117,7 +117,6 @@ def select_targets(
                 )
     candidates: dict[str, Layer] = {}
     if names is not None:
-        chosen: dict[str, Layer] = {}
         for raw in names:
             name = canonical_name(raw)
             if name not in found:
@@ -128,8 +127,7 @@ def select_targets(
             reason = unsupported_reason(found[name], model, name)
             if reason:
                 raise ValueError(f"rank plan names {name!r}, which cannot be factorized: {reason}")
-            chosen[name] = found[name]
-        candidates = chosen
+            candidates[name] = found[name]
     else:
         protected = stem_names(model) | classifier_names(model)
         for n, m in found.items():
