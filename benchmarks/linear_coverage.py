@@ -24,12 +24,13 @@ import torch
 import trp_zoo
 from trp_zoo.decompose import project_weights
 from trp_zoo.fileio import write_json
+from trp_zoo.targets import classifier_names
 
 # architecture -> create_model kwargs that keep it small (img_size/depth where accepted)
 ARCHITECTURES: dict[str, dict] = {
     "vit_small_patch16_224": dict(img_size=64, depth=2),
     "vit_base_patch16_224": dict(img_size=64, depth=2),
-    "vit_small_patch16_reg4_gap_256": dict(img_size=64, depth=2),
+    "vit_little_patch16_reg4_gap_256": dict(img_size=64, depth=2),
     "deit3_small_patch16_224": dict(img_size=64, depth=2),
     "flexivit_small": dict(img_size=64, depth=2),
     "beit_base_patch16_224": dict(img_size=64, depth=2),
@@ -47,7 +48,7 @@ ARCHITECTURES: dict[str, dict] = {
     "convit_tiny": dict(depth=2),
     "coat_lite_tiny": dict(),
     "tnt_s_patch16_224": dict(depth=2),
-    "gcvit_xxtiny_224": dict(),
+    "gcvit_xxtiny": dict(),
     "nest_tiny": dict(),
     "davit_tiny": dict(),
     "focalnet_tiny_srf": dict(),
@@ -94,6 +95,11 @@ def probe(name: str, kwargs: dict) -> dict:
     logging.getLogger("trp_zoo").addHandler(handler)
     try:
         dense = timm.create_model(name, num_classes=10, **kwargs).eval()
+        with torch.no_grad():  # some families zero-init their head, hiding any difference
+            for head in classifier_names(dense):
+                weight = getattr(dense.get_submodule(head), "weight", None)
+                if isinstance(weight, torch.Tensor):
+                    torch.nn.init.normal_(weight)
         size = tuple(dense.pretrained_cfg["input_size"])
         if "img_size" in kwargs:
             size = (size[0], kwargs["img_size"], kwargs["img_size"])
@@ -130,6 +136,7 @@ def main() -> None:
     args = p.parse_args()
     logging.getLogger("trp_zoo").setLevel(logging.INFO)
     torch.set_num_threads(1)
+    out = Path(args.out)
     rows = []
     for name in args.only or ARCHITECTURES:
         row = probe(name, ARCHITECTURES.get(name, {}))
@@ -138,11 +145,19 @@ def main() -> None:
             json.dumps({k: v for k, v in row.items() if k not in ("trace", "kept_dense")}),
             flush=True,
         )
-    out = Path(args.out)
+    if args.only and out.with_suffix(".json").is_file():  # update those rows of a full run
+        fresh = {r["architecture"]: r for r in rows}
+        old = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["rows"]
+        rows = [fresh.pop(r["architecture"], r) for r in old] + list(fresh.values())
+        rows = [r for r in rows if r["architecture"] in ARCHITECTURES]
     write_json(
         out.with_suffix(".json"),
         {"timm": timm.__version__, "torch": torch.__version__, "rows": rows},
     )
+    write_markdown(rows, out.with_suffix(".md"))
+
+
+def write_markdown(rows: list[dict], path: Path) -> None:
     lines = [
         "| architecture | ok | factorized Linears | factorized convs | MACs cut "
         "| rel. err vs projected | kept dense (reasons) |",
@@ -150,22 +165,23 @@ def main() -> None:
     ]
     for r in rows:
         if r["ok"]:
-            reasons = sorted({line.split(", ", 1)[1] for line in r["kept_dense"]})
+            # "name: kept dense, why" (unsupported) or "name: rank r does not lower ..."
+            reasons = sorted({line.split(": ", 1)[-1] for line in r["kept_dense"]})
             lines.append(
                 f"| {r['architecture']} | yes | {r['factorized_linears']} | "
                 f"{r['factorized_convs']} | "
                 f"{r['macs_reduction']:.2f}x | {r['rel_err_vs_projected']:.1e} | "
-                f"{len(r['kept_dense'])}: {'; '.join(reasons)[:200]} |"
+                f"{len(r['kept_dense'])}: {'; '.join(reasons)[:300]} |"
             )
         else:
             lines.append(f"| {r['architecture']} | **no** | | | | | {r['error'][:200]} |")
     ok = sum(r["ok"] for r in rows)
     lines += [
         "",
-        f"{ok} of {len(rows)} architectures decompose and run; command: "
-        "`python benchmarks/linear_coverage.py`",
+        f"{ok} of {len(rows)} architectures decompose and run (random weights, "
+        "`decompose(model, rank=0.5)`); command: `python benchmarks/linear_coverage.py`",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
