@@ -168,9 +168,13 @@ def layer_probes(
     include: Patterns = None,
     exclude: Patterns = None,
 ) -> dict[str, LayerProbe]:
-    """A probe for each conv ``decompose`` would target (weight-standardized convs excluded)."""
+    """A probe for each conv ``decompose`` would target (weight-standardized convs excluded).
+
+    Convs only: Linear layers have no cost tables yet, so plans keep them dense.
+    """
     sch = get_scheme(scheme)
-    targets = {n: c for n, c in select_targets(model, include, exclude).items() if is_plain(c)}
+    convs = select_targets(model, include, exclude, layers="conv")
+    targets = {n: c for n, c in convs.items() if is_plain(c)}
     sizes = conv_input_sizes(model, targets, input_size)
     return {n: LayerProbe(sch.name, ConvGeometry.of(c), sizes[n]) for n, c in targets.items()}
 

@@ -2,9 +2,9 @@
 
 The exporter is ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), the
 default and maintained path since torch 2.9; the TorchScript exporter is deprecated.
-Batch norm is folded into the preceding conv, and each ``FactorizedConv2d`` becomes two
-plain ``Conv`` nodes (its ``first`` and ``second`` convs), which every backend fuses and
-schedules like any other conv.
+Batch norm is folded into the preceding conv, each ``FactorizedConv2d`` becomes two
+plain ``Conv`` nodes (its ``first`` and ``second`` convs) and each ``FactorizedLinear``
+two ``MatMul``/``Gemm`` nodes, which every backend fuses and schedules like any other.
 """
 
 from __future__ import annotations

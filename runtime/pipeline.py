@@ -107,15 +107,24 @@ def _model_summary(
     }
 
 
-def _check_conv_nodes(exports: Mapping[str, ExportedModel], factorized_layers: int) -> None:
-    """Each FactorizedConv2d must export as exactly two plain Conv nodes."""
-    dense = exports["dense"].op_counts.get("Conv", 0)
-    fact = exports["factorized"].op_counts.get("Conv", 0)
-    if fact - dense != factorized_layers:
-        raise ExportError(
-            f"the factorized graph has {fact} Conv nodes and the dense one {dense}; expected "
-            f"{factorized_layers} more (two plain Convs per factorized layer)"
+def _check_factorized_nodes(exports: Mapping[str, ExportedModel], factorized: nn.Module) -> None:
+    """Each FactorizedConv2d must export as exactly two plain Conv nodes, and each
+    FactorizedLinear as two MatMul/Gemm nodes."""
+    modules = list(factorized.modules())
+    expected = {
+        "Conv": sum(isinstance(m, trp_zoo.FactorizedConv2d) for m in modules),
+        "MatMul/Gemm": sum(isinstance(m, trp_zoo.FactorizedLinear) for m in modules),
+    }
+    for ops, layers in expected.items():
+        dense, fact = (
+            sum(exports[v].op_counts.get(op, 0) for op in ops.split("/"))
+            for v in ("dense", "factorized")
         )
+        if fact - dense != layers:
+            raise ExportError(
+                f"the factorized graph has {fact} {ops} nodes and the dense one {dense}; "
+                f"expected {layers} more (two per factorized layer, one per dense one)"
+            )
 
 
 def build_and_check(
@@ -194,7 +203,7 @@ def build_and_check(
         name: export_onnx(m, out / f"{name}.onnx", size, opset=config.opset)
         for name, m in models.items()
     }
-    _check_conv_nodes(exports, len(plan))
+    _check_factorized_nodes(exports, factorized)
 
     built = {}
     for precision in precisions:

@@ -139,7 +139,7 @@ ARCHS = [
 def test_timm_smoke(arch: str, scheme: str) -> None:
     model = timm.create_model(arch, num_classes=7).eval()
     size = (3, 64, 64)
-    dec = decompose(model, scheme, rank=RankRatio(0.25), method="gram")
+    dec = decompose(model, scheme, rank=RankRatio(0.25), method="gram", layers="conv")
     plan = rank_plan(dec)
     assert plan, f"{arch}: nothing was factorized"
     x = torch.randn(2, *size)

@@ -254,3 +254,31 @@ def test_publish_to_huggingface_co(tmp_path: Path) -> None:
         assert torch.equal(outputs(loaded), outputs(model))
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_a_factorized_vit_publishes_and_loads_with_its_linear_plan(
+    hub: OlahHub, tmp_path: Path
+) -> None:
+    from tiny_timm import ARCHITECTURES
+
+    name, kwargs, size = ARCHITECTURES["vit"]
+    dense = timm.create_model(name, num_classes=4, **kwargs).eval()
+    torch.nn.init.normal_(dense.head.weight)
+    low = trp_zoo.decompose(dense, rank=0.6).eval()
+    plan = trp_zoo.rank_plan(low)
+    assert all(isinstance(low.get_submodule(n), trp_zoo.FactorizedLinear) for n in plan)
+    repo = "trp-test/tiny_vit_trp"
+    ckpt = trp_zoo.save_pretrained(
+        low, tmp_path / "vit", model_args=kwargs, pretrained_cfg={"input_size": size}, repo_id=repo
+    )
+    trp_zoo.publish(ckpt, repo, mirror_dir=hub.mirror)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        expected = low(x)
+    for loaded in (trp_zoo.load(repo), timm.create_model(f"hf-hub:{repo}", pretrained=True)):
+        assert trp_zoo.rank_plan(loaded) == plan
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), expected)
+    assert trp_zoo.model_info(repo)["rank_plan"] == plan
+    card = (tmp_path / "vit" / "README.md").read_text()
+    assert f"with {len(plan)} linear layers factorized into pairs of thin linear layers" in card

@@ -1,4 +1,4 @@
-"""trp-zoo: Trained Rank Pruning for timm CNNs, a low-rank model zoo, and fast engines."""
+"""trp-zoo: Trained Rank Pruning for timm backbones, a low-rank model zoo, and fast engines."""
 
 from . import (
     models,  # noqa: F401  (registers CIFAR ResNets with timm)
@@ -23,7 +23,7 @@ from .errors import (
     WeightsNotPublishedError,
     ZooError,
 )
-from .factorized import FactorizedConv2d
+from .factorized import FactorizedConv2d, FactorizedLinear
 from .flops import CostComparison, compare_cost, count_flops, count_params
 from .hub import load, model_info
 from .publish import Published, publish, push_to_hub
@@ -42,6 +42,7 @@ __all__ = [
     "CostComparison",
     "EnergyThreshold",
     "FactorizedConv2d",
+    "FactorizedLinear",
     "FixedRank",
     "FunctionCriterion",
     "MinRank",

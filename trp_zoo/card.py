@@ -95,6 +95,24 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _factorized_what(arch: Mapping[str, Any]) -> str:
+    """What was factorized, e.g. "12 convolutions factorized by the **channel** scheme ..."."""
+    linears = int(arch.get("factorized_linear_layers", 0))  # absent in conv-only results
+    convs = int(arch["factorized_layers"]) - linears
+    parts = []
+    if convs:
+        parts.append(
+            f"{convs} convolutions factorized by the **{arch['scheme']}** scheme into pairs of "
+            "thin convolutions"
+        )
+    if linears:
+        parts.append(
+            f"{linears} linear layers factorized into pairs of thin linear layers "
+            "(`x -> x A^T -> . B^T + bias`)"
+        )
+    return " and ".join(parts) or "no factorized layers"
+
+
 def _body(results: Mapping[str, Any], config: Mapping[str, Any], repo_id: str | None) -> str:
     arch = results["architecture"]
     metrics, how = results["metrics"], results["how_measured"]
@@ -103,8 +121,7 @@ def _body(results: Mapping[str, Any], config: Mapping[str, Any], repo_id: str | 
     lines = [
         f"# {name}",
         "",
-        f"`{arch['base_architecture']}` with {arch['factorized_layers']} convolutions factorized "
-        f"by the **{arch['scheme']}** scheme into pairs of thin convolutions (per-layer ranks in "
+        f"`{arch['base_architecture']}` with {_factorized_what(arch)} (per-layer ranks in "
         f"`config.json`), made with [trp-zoo](https://pypi.org/project/trp-zoo/) by Trained Rank "
         f"Pruning (TRP; {TRP_PAPER}, IJCAI 2020, {TRP_ARXIV}).",
         "",

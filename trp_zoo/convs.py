@@ -39,7 +39,10 @@ class ConvGeometry:
     dynamic_same: bool = False  # timm's *Same convs: pad the input in forward
 
     @classmethod
-    def of(cls, conv: nn.Conv2d) -> ConvGeometry:
+    def of(cls, conv: nn.Conv2d | nn.Linear) -> ConvGeometry:
+        """The geometry of a conv, or of the ``1 x 1`` conv an ``nn.Linear`` is per token."""
+        if isinstance(conv, nn.Linear):
+            return cls(conv.in_features, conv.out_features, (1, 1), bias=conv.bias is not None)
         return cls(
             in_channels=conv.in_channels,
             out_channels=conv.out_channels,
@@ -77,7 +80,7 @@ def unsupported_reason(conv: nn.Module) -> str | None:
     return None
 
 
-def is_plain(conv: nn.Conv2d) -> bool:
+def is_plain(conv: nn.Module) -> bool:
     """True when the conv applies its ``weight`` parameter as stored (no standardization)."""
     return not isinstance(conv, _STANDARDIZED + _SCALED_STANDARDIZED)
 

@@ -1,4 +1,8 @@
-"""``decompose``: turn selected convs of a model into ``FactorizedConv2d`` layers."""
+"""``decompose``: turn selected convs and Linears of a model into factorized layers.
+
+Convs become ``FactorizedConv2d`` (by the chosen scheme), Linears ``FactorizedLinear``
+(always the channel scheme: a Linear is a ``1 x 1`` conv per token).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,17 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .convs import ConvGeometry, effective_weight
+from .convs import ConvGeometry
 from .criteria import RankCriterion, RankLike, as_criterion
-from .factorized import FactorizedConv2d
+from .factorized import FACTORIZED_TYPES, FactorizedConv2d, FactorizedLinear
+from .linears import (
+    Layer,
+    LayerKind,
+    effective_weight,
+    layer_scheme,
+    looked_for,
+    route_through_layer,
+)
 from .lowrank import Method, svd
 from .modules import canonical_name, set_submodule, unwrap_model
 from .schemes import Scheme, get_scheme
@@ -33,14 +45,15 @@ def _validated_plan(plan: Mapping[str, int]) -> dict[str, int]:
 
 
 def _check_plan_ranks(
-    plan: Mapping[str, int], targets: Mapping[str, nn.Conv2d], scheme: Scheme
+    plan: Mapping[str, int], targets: Mapping[str, Layer], scheme: Scheme
 ) -> None:
-    for name, conv in targets.items():
-        full = scheme.full_rank(ConvGeometry.of(conv))
+    for name, layer in targets.items():
+        sch = layer_scheme(layer, scheme)
+        full = sch.full_rank(ConvGeometry.of(layer))
         if plan[name] > full:
             raise ValueError(
                 f"rank plan asks rank {plan[name]} for {name!r}, but its full rank under the "
-                f"{scheme.name} scheme is {full}; use a rank between 1 and {full}"
+                f"{sch.name} scheme is {full}; use a rank between 1 and {full}"
             )
 
 
@@ -52,13 +65,17 @@ def decompose(
     exclude: Patterns = None,
     *,
     method: Method = "exact",
+    layers: LayerKind = "all",
 ) -> nn.Module:
-    """Return a copy of ``model`` whose selected convs are factorized (``model`` is untouched).
+    """Return a copy of ``model`` whose selected layers are factorized (``model`` is untouched).
 
     ``rank`` is an int (rank cap for every layer), a float in (0, 1) (energy threshold), a
     ``RankCriterion``, a callable ``f(singular_values) -> rank``, or a ``{name: rank}`` plan
-    (then exactly those layers are targets). A layer stays dense when its rank would not
-    lower its multiply-adds. ``method`` picks the SVD: ``exact`` or ``gram`` (faster).
+    (then exactly those layers are targets, convs or Linears). ``layers`` picks the
+    candidates otherwise: ``conv``, ``linear`` or ``all``. A layer stays dense when its
+    rank would not lower its multiply-adds (``r < N*C/(N+C)`` for a Linear); a model in
+    which nothing is factorized is returned with a warning. ``method`` picks the SVD:
+    ``exact`` or ``gram`` (faster).
     """
     if rank is None:
         raise ValueError(
@@ -69,24 +86,67 @@ def decompose(
     plan = _validated_plan(rank) if isinstance(rank, Mapping) else None
     criterion: RankCriterion | None = None if plan is not None else as_criterion(rank)  # type: ignore[arg-type]
     new = copy.deepcopy(unwrap_model(model))
-    targets = select_targets(new, include, exclude, names=plan.keys() if plan is not None else None)
+    names = plan.keys() if plan is not None else None
+    targets = select_targets(new, include, exclude, names=names, layers=layers)
     if plan is not None:
         _check_plan_ranks(plan, targets, sch)
-    for name, conv in targets.items():
-        geom = ConvGeometry.of(conv)
-        u, s, vh = svd(sch.to_matrix(effective_weight(conv)), method)
+    factorized = 0
+    for name, layer in targets.items():
+        lsch = layer_scheme(layer, sch)
+        geom = ConvGeometry.of(layer)
+        u, s, vh = svd(lsch.to_matrix(effective_weight(layer)), method)
         r = plan[name] if plan is not None else criterion(s.float())  # type: ignore[misc]
-        if not sch.lowers_cost(geom, r):
+        if not lsch.lowers_cost(geom, r):
             msg = (
-                f"{name}: rank {r} does not lower its cost under the {sch.name} scheme "
-                f"(at most {sch.max_useful_rank(geom)} does); kept dense"
+                f"{name}: rank {r} does not lower its cost under the {lsch.name} scheme "
+                f"(at most {lsch.max_useful_rank(geom)} does); kept dense"
             )
             if plan is not None:
                 warnings.warn(msg, stacklevel=2)
             logger.info(msg)
             continue
-        set_submodule(new, name, factorize_conv(conv, sch, (u, s, vh), r))
+        set_submodule(new, name, factorize_layer(layer, lsch, (u, s, vh), r))
+        route_through_layer(new, name)
+        factorized += 1
+    if not factorized:
+        why = (
+            f"every one of its {len(targets)} candidate layers would need a rank that does not "
+            "lower its cost; lower the rank or energy"
+            if targets
+            else f"it has no candidate layer ({looked_for(layers)}; the stem and classifier "
+            "stay dense unless include= names them)"
+        )
+        warnings.warn(f"decompose factorized no layer of the model: {why}", stacklevel=2)
     return new
+
+
+def factorize_layer(
+    layer: Layer, scheme: Scheme, factors: tuple[Tensor, Tensor, Tensor], rank: int
+) -> FactorizedConv2d | FactorizedLinear:
+    """``factorize_conv`` or ``factorize_linear``, whichever fits ``layer``."""
+    if isinstance(layer, nn.Linear):
+        return factorize_linear(layer, factors, rank)
+    return factorize_conv(layer, scheme, factors, rank)
+
+
+def factorize_linear(
+    linear: nn.Linear, factors: tuple[Tensor, Tensor, Tensor], rank: int
+) -> FactorizedLinear:
+    """``linear`` factorized at ``rank`` from the thin SVD ``(u, s, vh)`` of its weight:
+    ``A = sqrt(S_r) V_r^T``, ``B = U_r sqrt(S_r)``, in the weight's dtype; bias and training
+    mode kept."""
+    u, s, vh = factors
+    geom = ConvGeometry.of(linear)
+    first, second = layer_scheme(linear, "channel").factor_weights(
+        u[:, :rank], s[:rank], vh[:rank], geom
+    )
+    dtype = linear.weight.dtype
+    bias = linear.bias.detach() if linear.bias is not None else None
+    layer = FactorizedLinear.from_factors(
+        first.reshape(rank, -1).to(dtype), second.reshape(-1, rank).to(dtype), bias
+    )
+    layer.train(linear.training)
+    return layer
 
 
 def factorize_conv(
@@ -108,7 +168,8 @@ def factorize_conv(
 def factorize_architecture(
     model: nn.Module, scheme: str | Scheme, plan: Mapping[str, int]
 ) -> nn.Module:
-    """Replace the planned convs of ``model`` in place by freshly initialized factorized layers.
+    """Replace the planned convs and Linears of ``model`` in place by freshly initialized
+    factorized layers.
 
     Used to rebuild a published architecture from its rank plan before loading weights.
     """
@@ -117,10 +178,17 @@ def factorize_architecture(
     model = unwrap_model(model)
     targets = select_targets(model, names=plan.keys())
     _check_plan_ranks(plan, targets, sch)
-    for name, conv in targets.items():
-        layer = FactorizedConv2d(ConvGeometry.of(conv), plan[name], sch)
-        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    for name, old in targets.items():
+        layer: nn.Module
+        if isinstance(old, nn.Linear):
+            layer = FactorizedLinear(
+                old.in_features, old.out_features, plan[name], bias=old.bias is not None
+            )
+        else:
+            layer = FactorizedConv2d(ConvGeometry.of(old), plan[name], sch)
+        layer.to(device=old.weight.device, dtype=old.weight.dtype)
         set_submodule(model, name, layer)
+        route_through_layer(model, name)
     return model
 
 
@@ -129,35 +197,42 @@ def rank_plan(model: nn.Module) -> dict[str, int]:
     return {
         canonical_name(n): m.rank
         for n, m in unwrap_model(model).named_modules()
-        if isinstance(m, FactorizedConv2d)
+        if isinstance(m, FACTORIZED_TYPES)
     }
 
 
 def factorized_scheme(model: nn.Module) -> str | None:
-    """The scheme of the model's factorized layers (None for a dense model)."""
-    schemes = {m.scheme for m in unwrap_model(model).modules() if isinstance(m, FactorizedConv2d)}
+    """The scheme of the model's factorized convs (None for a dense model).
+
+    ``channel`` when only Linears are factorized (their scheme); the scheme of the
+    convs otherwise, since Linears are factorized the same way under either scheme.
+    """
+    modules = list(unwrap_model(model).modules())
+    schemes = {m.scheme for m in modules if isinstance(m, FactorizedConv2d)}
     if len(schemes) > 1:
         raise ValueError(f"model mixes factorization schemes {sorted(schemes)}")
+    if not schemes and any(isinstance(m, FactorizedLinear) for m in modules):
+        return "channel"
     return schemes.pop() if schemes else None
 
 
 @torch.no_grad()
 def project_weights(model: nn.Module, scheme: str | Scheme, plan: Mapping[str, int]) -> nn.Module:
-    """Copy of a dense model whose planned convs hold their rank-r truncation (for checks)."""
-    sch = get_scheme(scheme)
+    """Copy of a dense model whose planned layers hold their rank-r truncation (for checks)."""
     new = copy.deepcopy(unwrap_model(model))
     vplan = _validated_plan(plan)
-    for name, conv in select_targets(new, names=vplan.keys()).items():
-        u, s, vh = svd(sch.to_matrix(conv.weight), "exact")
+    for name, layer in select_targets(new, names=vplan.keys()).items():
+        sch = layer_scheme(layer, scheme)
+        u, s, vh = svd(sch.to_matrix(layer.weight), "exact")
         r = vplan[name]
         low = (u[:, :r] * s[:r]) @ vh[:r]
-        conv.weight.copy_(sch.from_matrix(low, tuple(conv.weight.shape)).to(conv.weight.dtype))
+        layer.weight.copy_(sch.from_matrix(low, tuple(layer.weight.shape)).to(layer.weight.dtype))
     return new
 
 
 @torch.no_grad()
 def densify(model: nn.Module) -> nn.Module:
-    """Copy of a factorized model with every ``FactorizedConv2d`` merged back into one dense conv.
+    """Copy of a factorized model with every factorized layer merged back into one dense layer.
 
     The dense model computes the same function (up to float rounding): the dense
     counterpart against which speed-ups are measured.
@@ -166,6 +241,9 @@ def densify(model: nn.Module) -> nn.Module:
 
     new = copy.deepcopy(unwrap_model(model))
     for name, layer in list(new.named_modules()):
+        if isinstance(layer, FactorizedLinear):
+            set_submodule(new, name, _dense_linear(layer))
+            continue
         if not isinstance(layer, FactorizedConv2d):
             continue
         g = layer.geom
@@ -193,3 +271,14 @@ def densify(model: nn.Module) -> nn.Module:
         conv.train(layer.training)
         set_submodule(new, name, conv)
     return new
+
+
+def _dense_linear(layer: FactorizedLinear) -> nn.Linear:
+    weight = layer.dense_weight()
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    linear.to(device=weight.device, dtype=weight.dtype)
+    linear.weight.copy_(weight)
+    if layer.bias is not None and linear.bias is not None:
+        linear.bias.copy_(layer.bias)
+    linear.train(layer.training)
+    return linear

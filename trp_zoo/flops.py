@@ -43,8 +43,13 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     model = unwrap_model(model)
     x = _input_for(model, input_size)
     was_training = model.training
+    # the counter's module tracker cannot hook a view of a parameter that a model passes
+    # on as a module input (timm's PiT and CaiT cls tokens) while it requires grad
+    grads = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in grads:
+            p.requires_grad_(False)
         with FlopCounterMode(display=False) as counter:
             model(x)
     except RuntimeError as err:
@@ -52,6 +57,8 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
             f"the model does not accept an input of size {tuple(input_size)} (C, H, W): {err}"
         ) from err
     finally:
+        for p in grads:
+            p.requires_grad_(True)
         model.train(was_training)
     return int(counter.get_total_flops()) // 2
 

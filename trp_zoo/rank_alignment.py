@@ -47,7 +47,7 @@ def aligned_rank_plan(
     The plan is structural (no singular values): for deployment and speed measurements.
     """
     sch = get_scheme(scheme)
-    convs = select_targets(model, include, exclude)
+    convs = select_targets(model, include, exclude, layers="conv")
     if sch.name == "spatial":
         convs = {n: c for n, c in convs.items() if min(ConvGeometry.of(c).kernel_size) > 1}
     geoms = {n: ConvGeometry.of(c) for n, c in convs.items()}

@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .decompose import factorized_scheme, rank_plan
 from .errors import CheckpointError
+from .factorized import FactorizedLinear
 from .fileio import atomic_directory, write_json
 from .flops import count_flops, count_params
 from .modules import close_matches, unwrap_model
@@ -128,7 +129,8 @@ def save_pretrained(
     license: str = "apache-2.0",
     tags: Sequence[str] = (),
 ) -> Path:
-    """Write a factorized timm model as a timm-compatible Hugging Face model repo directory.
+    """Write a factorized timm model (convs and/or Linears) as a timm-compatible Hugging Face
+    model repo directory.
 
     Files: ``config.json`` (timm's format, ``architecture="trp_factorized"``, ``model_args``
     with ``base_architecture``, ``scheme``, ``rank_plan``, ``num_classes``, ``in_chans``),
@@ -201,6 +203,9 @@ def save_pretrained(
                 "base_architecture": base,
                 "scheme": scheme,
                 "factorized_layers": len(plan),
+                "factorized_linear_layers": sum(
+                    isinstance(m.get_submodule(n), FactorizedLinear) for n in plan
+                ),
                 "input_size": list(input_size),
             },
             metrics=_with_counts(m, input_size, checked_metrics),

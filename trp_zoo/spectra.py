@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .convs import effective_weight
-from .schemes import Scheme, get_scheme
+from .linears import effective_weight, layer_scheme
+from .schemes import Scheme
 
 
 @torch.no_grad()
@@ -28,11 +28,12 @@ def singular_values(matrix: Tensor) -> Tensor:
 
 
 def layer_spectra(layers: Mapping[str, nn.Module], scheme: str | Scheme) -> dict[str, Tensor]:
-    """Singular values of each layer's weight reshaped by ``scheme`` (the kernel the layer
-    applies, see ``convs.effective_weight``)."""
-    sch = get_scheme(scheme)
+    """Singular values of each layer's weight as its scheme reshapes it (``scheme`` for
+    convs, channel for Linears; the kernel the layer applies, see ``convs.effective_weight``)."""
     return {
-        name: singular_values(sch.to_matrix(effective_weight(layer)))  # type: ignore[arg-type]
+        name: singular_values(
+            layer_scheme(layer, scheme).to_matrix(effective_weight(layer))  # type: ignore[arg-type]
+        )
         for name, layer in layers.items()
     }
 

@@ -1,20 +1,27 @@
-"""Which convs of a model get factorized.
+"""Which layers of a model get factorized.
 
-Every ``nn.Conv2d`` (and timm variant) with ``groups == 1`` is a candidate, except the
-stem (the conv that sees the image) and the classifier, which stay dense unless an
-``include`` pattern names them. Patterns are shell-style globs (``fnmatch``) on module
-names as ``named_modules`` prints them, with DDP's ``module.`` prefix removed.
+Every ``nn.Conv2d`` (and timm variant) with ``groups == 1`` and every ``nn.Linear`` is a
+candidate (``layers="conv"`` or ``"linear"`` keeps one kind), except the stem (the conv
+that sees the image) and the classifier, which stay dense unless an ``include`` pattern
+names them. A layer that cannot be factorized stays dense with its reason in the log.
+Patterns are shell-style globs (``fnmatch``) on module names as ``named_modules`` prints
+them, with DDP's ``module.`` prefix removed.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from .convs import unsupported_reason
+from .linears import Layer, LayerKind, check_kind, is_kind, unsupported_reason
 from .modules import canonical_name, close_matches, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+_WORDS = {"conv": "conv", "linear": "linear", "all": "conv or linear"}
 
 Patterns = str | Sequence[str] | None
 
@@ -31,6 +38,16 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Every ``nn.Conv2d`` of the model by canonical name, in registration order."""
     model = unwrap_model(model)
     return {canonical_name(n): m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def kind_layers(model: nn.Module, layers: LayerKind = "all") -> dict[str, Layer]:
+    """Every conv and/or Linear of the model (by ``layers``) by canonical name, in order."""
+    model = unwrap_model(model)
+    return {
+        canonical_name(n): m
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and is_kind(m, layers)
+    }
 
 
 def _cfg_names(model: nn.Module, key: str) -> list[str]:
@@ -76,45 +93,51 @@ def select_targets(
     include: Patterns = None,
     exclude: Patterns = None,
     names: Iterable[str] | None = None,
-) -> dict[str, nn.Conv2d]:
-    """Convs to factorize, by canonical name.
+    layers: LayerKind = "all",
+) -> dict[str, Layer]:
+    """Layers to factorize, by canonical name.
 
     ``names`` (a rank plan's keys) selects layers explicitly; every name must be a
-    factorizable conv. Otherwise candidates are all factorizable convs but the stem and
-    classifier. ``include`` narrows the set (and can bring the stem or classifier back);
-    ``exclude`` removes layers. A pattern that matches no conv is an error.
+    factorizable conv or Linear. Otherwise candidates are all factorizable layers of kind
+    ``layers`` (``conv``, ``linear`` or ``all``) but the stem and classifier. ``include``
+    narrows the set (and can bring the stem or classifier back); ``exclude`` removes
+    layers. A pattern that matches no layer of that kind is an error.
     """
-    convs = conv_layers(model)
+    layers = check_kind(layers)
+    model = unwrap_model(model)
+    found = kind_layers(model, layers if names is None else "all")
     include_l, exclude_l = _as_list(include), _as_list(exclude)
     for kind, patterns in (("include", include_l), ("exclude", exclude_l)):
         for p in patterns:
-            if not any(fnmatch.fnmatchcase(n, p) for n in convs):
+            if not any(fnmatch.fnmatchcase(n, p) for n in found):
                 raise ValueError(
-                    f"{kind} pattern {p!r} matches no conv layer of the model."
-                    f"{close_matches(p, convs)} Patterns are fnmatch globs on module names, "
+                    f"{kind} pattern {p!r} matches no {_WORDS[layers]} layer of the model."
+                    f"{close_matches(p, found)} Patterns are fnmatch globs on module names, "
                     "e.g. 'layer3.*'."
                 )
+    candidates: dict[str, Layer] = {}
     if names is not None:
-        chosen: dict[str, nn.Conv2d] = {}
         for raw in names:
             name = canonical_name(raw)
-            if name not in convs:
+            if name not in found:
                 raise ValueError(
-                    f"rank plan names {raw!r}, which is not a conv layer of the model."
-                    f"{close_matches(name, convs)}"
+                    f"rank plan names {raw!r}, which is not a conv or linear layer of the model."
+                    f"{close_matches(name, found)}"
                 )
-            reason = unsupported_reason(convs[name])
+            reason = unsupported_reason(found[name], model, name)
             if reason:
                 raise ValueError(f"rank plan names {name!r}, which cannot be factorized: {reason}")
-            chosen[name] = convs[name]
-        candidates = chosen
+            candidates[name] = found[name]
     else:
         protected = stem_names(model) | classifier_names(model)
-        candidates = {
-            n: m
-            for n, m in convs.items()
-            if unsupported_reason(m) is None and (n not in protected or _matches(n, include_l))
-        }
+        for n, m in found.items():
+            if n in protected and not _matches(n, include_l):
+                continue
+            reason = unsupported_reason(m, model, n)
+            if reason is None:
+                candidates[n] = m
+            elif (not include_l or _matches(n, include_l)) and not _matches(n, exclude_l):
+                logger.info("%s: kept dense, %s", n, reason)
     return {
         n: m
         for n, m in candidates.items()

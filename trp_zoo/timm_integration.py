@@ -8,9 +8,10 @@ Importing ``trp_zoo`` registers it, so timm's own loader reads our checkpoints::
 timm reads ``config.json``: ``architecture`` names this entrypoint and ``model_args``
 (``base_architecture``, ``scheme``, ``rank_plan``, ``num_classes``, ``in_chans``, ...)
 become its keyword arguments. The entrypoint builds the base timm model, swaps the planned
-convs for ``FactorizedConv2d`` layers, and lets timm's ``build_model_with_cfg`` attach the
-``pretrained_cfg`` and load ``model.safetensors``, after checking that the file is intact
-and that its tensors fit the architecture.
+convs and Linears for ``FactorizedConv2d`` and ``FactorizedLinear`` layers, and lets
+timm's ``build_model_with_cfg`` attach the ``pretrained_cfg`` and load
+``model.safetensors``, after checking that the file is intact and that its tensors fit
+the architecture.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _check_weights(
 
 @register_model
 def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """A timm model whose planned convs are ``FactorizedConv2d`` layers.
+    """A timm model whose planned convs and Linears are factorized layers.
 
     Keyword arguments (from a checkpoint's ``config.json`` ``model_args``):
     ``base_architecture`` (a timm model name), ``scheme`` (``channel`` or ``spatial``),

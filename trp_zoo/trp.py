@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 
 from .convs import ConvGeometry, is_plain
 from .criteria import EnergyThreshold, FixedRank, RankCriterion
+from .linears import LayerKind, check_kind, layer_scheme, looked_for
 from .lowrank import Method, SubspaceProjector, nuclear_subgradient
 from .modules import canonical_name, unwrap_model
 from .schemes import Scheme, get_scheme
@@ -34,7 +35,11 @@ from .targets import Patterns, select_targets
 
 
 class TRP:
-    """Trained Rank Pruning for the convs of ``model`` (DDP-wrapped models welcome)."""
+    """Trained Rank Pruning for the convs and Linears of ``model`` (DDP-wrapped models welcome).
+
+    ``layers`` picks the candidates: ``conv``, ``linear`` or ``all`` (the default); Linears
+    are projected as matrices (the channel scheme) whatever ``scheme`` the convs use.
+    """
 
     def __init__(
         self,
@@ -49,6 +54,7 @@ class TRP:
         plan: Mapping[str, int] | None = None,
         method: Method = "subspace",
         project: bool = True,
+        layers: LayerKind = "all",
     ) -> None:
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"period must be a positive int (optimizer steps), got {period!r}")
@@ -63,7 +69,8 @@ class TRP:
         self.plan = (
             {canonical_name(k): int(v) for k, v in plan.items()} if plan is not None else None
         )
-        targets = select_targets(self.model, include, exclude, names=self.plan)
+        layers = check_kind(layers)
+        targets = select_targets(self.model, include, exclude, names=self.plan, layers=layers)
         standardized = [n for n, m in targets.items() if not is_plain(m)]
         if standardized and self.plan is not None:
             raise ValueError(
@@ -73,8 +80,10 @@ class TRP:
         self.targets = {n: m for n, m in targets.items() if is_plain(m)}
         if not self.targets:
             raise ValueError(
-                "TRP found no conv layer to train low-rank; check include/exclude/plan"
+                f"TRP found no layer to train low-rank: it looked for {looked_for(layers)}, "
+                "other than the stem and classifier; check layers=/include/exclude/plan"
             )
+        self.schemes = {n: layer_scheme(m, self.scheme) for n, m in self.targets.items()}
         self.projectors = {n: SubspaceProjector(method) for n in self.targets}
         self.step = 0
         self.ranks: dict[str, int] = {}
@@ -173,17 +182,16 @@ class TRP:
             criterion = (
                 FixedRank(fixed[name]) if fixed and name in fixed else self.criterion_for(name)
             )
-            result = self.projectors[name](self.scheme.to_matrix(weight), criterion)
-            weight.copy_(self.scheme.from_matrix(result.projected, tuple(weight.shape)))
+            sch = self.schemes[name]
+            result = self.projectors[name](sch.to_matrix(weight), criterion)
+            weight.copy_(sch.from_matrix(result.projected, tuple(weight.shape)))
             self.ranks[name] = result.rank
             if result.full:
                 self.full_decompositions += 1
             else:
                 self.tracked_decompositions += 1
             if queue_direction and self.nuclear_weight > 0:
-                self._pending[name] = self.scheme.from_matrix(
-                    result.nuclear_direction, tuple(weight.shape)
-                )
+                self._pending[name] = sch.from_matrix(result.nuclear_direction, tuple(weight.shape))
         self._sync_ranks()
         if queue_direction:
             self._projected_step = self.step
@@ -194,11 +202,12 @@ class TRP:
         """Nuclear-norm regularization alone: full-rank ``U V^T`` sub-gradient, no projection."""
         for name, conv in self.targets.items():
             weight = conv.weight
-            direction, s = nuclear_subgradient(self.scheme.to_matrix(weight))
+            sch = self.schemes[name]
+            direction, s = nuclear_subgradient(sch.to_matrix(weight))
             self.ranks[name] = self.criterion_for(name)(s.float())
             self.full_decompositions += 1
             if queue_direction and self.nuclear_weight > 0:
-                self._pending[name] = self.scheme.from_matrix(direction, tuple(weight.shape))
+                self._pending[name] = sch.from_matrix(direction, tuple(weight.shape))
 
     def _sync_ranks(self) -> None:
         """Make every DDP process hold rank 0's projected weights and pending gradients."""
@@ -211,14 +220,12 @@ class TRP:
 
     # -- reporting and checkpoints ----------------------------------------------------
     def macs_per_pixel(self) -> dict[str, tuple[int, int]]:
-        """``{name: (dense, factorized)}`` multiply-adds per output pixel at the current ranks."""
+        """``{name: (dense, factorized)}`` multiply-adds per output pixel (per token for a
+        Linear) at the current ranks."""
         out = {}
         for name, rank in self.ranks.items():
-            geom = ConvGeometry.of(self.targets[name])
-            out[name] = (
-                self.scheme.dense_macs_per_pixel(geom),
-                self.scheme.factorized_macs_per_pixel(geom, rank),
-            )
+            geom, sch = ConvGeometry.of(self.targets[name]), self.schemes[name]
+            out[name] = (sch.dense_macs_per_pixel(geom), sch.factorized_macs_per_pixel(geom, rank))
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from ..environment import software_versions
 from ..errors import ZooError
 from ..fileio import write_json
 from ..flops import compare_cost
+from ..linears import layer_scheme
 from ..publish import publish
 from ..registry import get_entry
 from ..saving import save_pretrained
-from ..schemes import get_scheme
 from ..spectra import layer_spectra
 from .config import TrainConfig
 from .engine import Trainer
@@ -91,10 +91,11 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
     _, dense_top1 = trainer.evaluate()
     results["dense"] = {"top1": dense_top1, "note": "the trained model before decomposition"}
     low = None
-    sch = get_scheme(cfg.scheme)
-    geoms = {n: ConvGeometry.of(trainer.trp.targets[n]) for n in plan_all}  # type: ignore[union-attr]
-    plan = {n: r for n, r in plan_all.items() if sch.lowers_cost(geoms[n], r)}
-    results["full_ranks"] = {n: sch.full_rank(g) for n, g in geoms.items()}
+    targets = trainer.trp.targets if trainer.trp is not None else {}
+    geoms = {n: ConvGeometry.of(targets[n]) for n in plan_all}
+    schemes = {n: layer_scheme(targets[n], cfg.scheme) for n in plan_all}
+    plan = {n: r for n, r in plan_all.items() if schemes[n].lowers_cost(geoms[n], r)}
+    results["full_ranks"] = {n: schemes[n].full_rank(g) for n, g in geoms.items()}
     if plan_all and not plan:
         results["note"] = (
             "no layer reached a rank that lowers its cost, so nothing was decomposed; "
