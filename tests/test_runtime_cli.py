@@ -159,3 +159,47 @@ def test_cli_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert main(["no_such_model_xyz", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "no_such_model_xyz" in err[-1]
+
+
+def test_cli_reads_an_image_folder(checkpoint, tmp_path, capsys):
+    """--data IMAGEFOLDER: the first Fashion-MNIST test images as PNGs in class folders give
+    exactly the top-1 the model measures on those images as tensors."""
+    from PIL import Image
+
+    from trp_zoo.data import load_fashion_mnist
+
+    path, _ = checkpoint
+    count = 60
+    images, labels = load_fashion_mnist("test")
+    folder = tmp_path / "images"
+    for i in range(count):
+        (folder / str(int(labels[i]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i, 0].numpy()).save(folder / str(int(labels[i])) / f"{i:03d}.png")
+    assert len(list(folder.iterdir())) == 10  # every class present: folder order = label
+    model = trp_zoo.load(str(path)).eval()
+    expected = _top1(model, count)
+    out = tmp_path / "engines"
+    args = [str(path), "--output", str(out), *FAST, "--quiet", "--no-record"]
+    assert main(args + ["--data", str(folder), "--min-top1-agreement", "1.0"]) == 0
+    acc = json.loads((out / "report.json").read_text())["accuracy"]
+    assert acc["labelled"] and acc["data"] == f"ImageFolder {folder} ({count} images)"
+    for stats in acc["engines"].values():
+        assert stats["images"] == count and stats["top1_agreement"] == 1.0
+        assert stats["engine_top1"] == pytest.approx(expected)
+
+
+def test_image_folder_from_a_plain_timm_config(tmp_path):
+    """A plain timm model's pretrained_cfg (url, license, ...) selects the eval transform."""
+    from PIL import Image
+
+    from runtime.data import resolve_eval_data
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (40, 30), color=(200, 10, 10)).save(tmp_path / cls / "x.png")
+    cfg = timm.create_model("resnet18", pretrained=False).pretrained_cfg
+    assert "url" in cfg
+    size = (3, 64, 64)
+    data = resolve_eval_data(str(tmp_path), input_size=size, data_config={**cfg, "input_size": size})
+    (x, y), *_ = list(data.batches(8))
+    assert x.shape == (2, *size) and y.tolist() == [0, 1]
