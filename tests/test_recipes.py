@@ -245,11 +245,23 @@ def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Pat
     proc.wait()
     assert reached() and not (killed / "results.json").exists()
     # a kill while writing leaves a temp file behind; a damaged newest file is skipped
-    (ckpts / ".step-000000099.pt.tmp-0123abcd").write_bytes(b"partial")
-    newest = max(ckpts.glob("step-*.pt"))
+    partial = ckpts / ".step-000000099.pt.tmp-0123abcd"
+    partial.write_bytes(b"partial")
+    older, newest = sorted(ckpts.glob("step-*.pt"))[-2:]
     newest.write_bytes(newest.read_bytes()[:1000])
+    resume_step = int(older.stem.removeprefix("step-"))
+    assert 0 < resume_step < 24
 
-    run("fashion_mnist_resnet18.py", f"{common} --output-dir {killed} --resume")
+    resumed = run("fashion_mnist_resnet18.py", f"{common} --output-dir {killed} --resume")
+    # it resumed from the last intact checkpoint, not from scratch: only the remaining
+    # optimizer steps ran after the restart (one TRP projection every 3 of them)
+    training = results(killed)["training"]
+    assert training["resumed_from"] == {"path": str(older), "step": resume_step}
+    assert f"resumed from {older} (epoch 1, step {resume_step})" in resumed.stdout
+    assert f"checkpoint {newest} is unreadable" in resumed.stderr
+    assert f"removed {partial}" in resumed.stdout and not partial.exists()
+    assert training["optimizer_steps"] == results(straight)["training"]["optimizer_steps"] == 24
+    assert training["steps_this_process"] == 24 - resume_step
     assert results(killed)["weight_digests"] == results(straight)["weight_digests"]
     history = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]

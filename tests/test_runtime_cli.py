@@ -11,6 +11,7 @@ import trp_zoo
 from runtime import build
 from runtime.build_engine import main
 from runtime.data import fashion_mnist
+from runtime.rank_plans import pad_ranks
 from runtime.spec import metadata_path
 
 MODEL_ARGS = {"channels": [16, 32, 32, 64], "stem_width": 16, "layers": [1, 1, 1, 1]}
@@ -76,10 +77,17 @@ def test_cli_builds_checks_and_reports(first_run, checkpoint, capsys):
         assert stats["max_abs_diff"] < 1e-3
         assert stats["engine_top1"] == pytest.approx(checkpoint[1])
     assert [row["batch"] for row in report["latency"]["batches"]] == [1, 4]
+    # the MACs ratio is that of the deployed (rank-padded) model, counted independently
+    model = trp_zoo.load(str(checkpoint[0])).eval()
+    padded = pad_ranks(model, 16)
+    macs = trp_zoo.count_flops(trp_zoo.densify(model), CFG["input_size"])
+    macs_ratio = macs / trp_zoo.count_flops(padded, CFG["input_size"])
+    assert report["cost"]["macs_reduction"] == pytest.approx(macs_ratio)
     for row in report["latency"]["batches"]:
-        assert row["dense"]["p50_ms"] > 0 and row["factorized"]["runs"] == 3
-        assert row["realized_fraction"] == pytest.approx(row["speedup"] / row["macs_reduction"])
-    assert report["cost"]["macs_reduction"] > 1.0
+        for name in ("dense", "factorized"):
+            stats = row[name]
+            assert stats["runs"] == 3 and stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+        assert row["macs_reduction"] == pytest.approx(macs_ratio)
     assert report["export"]["factorized"]["conv_nodes"] > report["export"]["dense"]["conv_nodes"]
     # the measured speed-ups went into the checkpoint's results and model card
     assert report["recorded_in"] == str(checkpoint[0])
@@ -180,7 +188,7 @@ def test_cli_reads_an_image_folder(checkpoint, tmp_path, capsys):
     expected = _top1(model, count)
     out = tmp_path / "engines"
     args = [str(path), "--output", str(out), *FAST, "--quiet", "--no-record"]
-    assert main(args + ["--data", str(folder), "--min-top1-agreement", "1.0"]) == 0
+    assert main([*args, "--data", str(folder), "--min-top1-agreement", "1.0"]) == 0
     acc = json.loads((out / "report.json").read_text())["accuracy"]
     assert acc["labelled"] and acc["data"] == f"ImageFolder {folder} ({count} images)"
     for stats in acc["engines"].values():
@@ -200,6 +208,7 @@ def test_image_folder_from_a_plain_timm_config(tmp_path):
     cfg = timm.create_model("resnet18", pretrained=False).pretrained_cfg
     assert "url" in cfg
     size = (3, 64, 64)
-    data = resolve_eval_data(str(tmp_path), input_size=size, data_config={**cfg, "input_size": size})
+    config = {**cfg, "input_size": size}
+    data = resolve_eval_data(str(tmp_path), input_size=size, data_config=config)
     (x, y), *_ = list(data.batches(8))
     assert x.shape == (2, *size) and y.tolist() == [0, 1]

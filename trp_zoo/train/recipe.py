@@ -13,11 +13,13 @@ import timm
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointWriteError
 from .config import TrainConfig, build_parser, config_from_args
 from .data import DataBundle, DataError, build_data
 from .distributed import DistInfo, cleanup, init_distributed
 from .engine import Trainer
 from .finalize import finalize
+from .preflight import preflight
 
 
 def seed_everything(seed: int) -> None:
@@ -65,6 +67,10 @@ def run_recipe(
         parser.error(str(err))
     info: DistInfo = init_distributed(cfg.device)
     try:
+        try:
+            preflight(cfg, main_process=info.is_main)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         seed_everything(cfg.seed)
         try:
             data = build_data(cfg.dataset, cfg.data_dir, cfg.model, download=cfg.download)
@@ -77,7 +83,7 @@ def run_recipe(
             raise SystemExit(f"error: {err}") from None
         try:
             trainer.fit()
-        except FileExistsError as err:
+        except (FileExistsError, CheckpointWriteError) as err:
             raise SystemExit(f"error: {err}") from None
         return finalize(trainer, recipe)
     finally:
