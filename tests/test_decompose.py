@@ -208,3 +208,22 @@ def test_densify_merges_factors_back(arch: str) -> None:
     with torch.no_grad():
         expected = dec(x)
         assert (dense(x) - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_rank_callable_below_one_is_an_error(bad: int) -> None:
+    with pytest.raises(ValueError, match=rf"returned {bad}; a rank is at least 1"):
+        decompose(small_net(), "channel", rank=lambda s: bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"rank": 4, "exclude": "*"}, "no conv matched include/exclude/plan"),
+        ({"rank": 32}, "no rank lowered the cost of any of the 2 selected convs"),
+    ],
+)
+def test_decompose_that_factorizes_nothing_warns(kwargs: dict, why: str) -> None:
+    with pytest.warns(UserWarning, match=rf"decompose factorized nothing \({why}\)"):
+        out = decompose(small_net(), "channel", **kwargs)
+    assert rank_plan(out) == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import warnings
 from collections.abc import Mapping
 
@@ -23,12 +24,13 @@ logger = logging.getLogger(__name__)
 RankSpec = RankLike | Mapping[str, int]
 
 
-def _validated_plan(plan: Mapping[str, int]) -> dict[str, int]:
+def validated_plan(plan: Mapping[str, int]) -> dict[str, int]:
+    """A rank plan with canonical layer names; every rank a positive int (ValueError)."""
     out: dict[str, int] = {}
     for name, rank in plan.items():
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
             raise ValueError(f"rank plan entry {name!r}: rank must be a positive int, got {rank!r}")
-        out[canonical_name(name)] = rank
+        out[canonical_name(name)] = int(rank)
     return out
 
 
@@ -66,12 +68,13 @@ def decompose(
             "or a callable on singular values"
         )
     sch = get_scheme(scheme)
-    plan = _validated_plan(rank) if isinstance(rank, Mapping) else None
+    plan = validated_plan(rank) if isinstance(rank, Mapping) else None
     criterion: RankCriterion | None = None if plan is not None else as_criterion(rank)  # type: ignore[arg-type]
     new = copy.deepcopy(unwrap_model(model))
     targets = select_targets(new, include, exclude, names=plan.keys() if plan is not None else None)
     if plan is not None:
         _check_plan_ranks(plan, targets, sch)
+    factorized = 0
     for name, conv in targets.items():
         geom = ConvGeometry.of(conv)
         u, s, vh = svd(sch.to_matrix(effective_weight(conv)), method)
@@ -86,6 +89,16 @@ def decompose(
             logger.info(msg)
             continue
         set_submodule(new, name, factorize_conv(conv, sch, (u, s, vh), r))
+        factorized += 1
+    if not factorized:
+        why = (
+            "no conv matched include/exclude/plan"
+            if not targets
+            else f"no rank lowered the cost of any of the {len(targets)} selected convs"
+        )
+        warnings.warn(
+            f"decompose factorized nothing ({why}); the model is returned dense", stacklevel=2
+        )
     return new
 
 
@@ -113,7 +126,7 @@ def factorize_architecture(
     Used to rebuild a published architecture from its rank plan before loading weights.
     """
     sch = get_scheme(scheme)
-    plan = _validated_plan(plan)
+    plan = validated_plan(plan)
     model = unwrap_model(model)
     targets = select_targets(model, names=plan.keys())
     _check_plan_ranks(plan, targets, sch)
@@ -146,7 +159,7 @@ def project_weights(model: nn.Module, scheme: str | Scheme, plan: Mapping[str, i
     """Copy of a dense model whose planned convs hold their rank-r truncation (for checks)."""
     sch = get_scheme(scheme)
     new = copy.deepcopy(unwrap_model(model))
-    vplan = _validated_plan(plan)
+    vplan = validated_plan(plan)
     for name, conv in select_targets(new, names=vplan.keys()).items():
         u, s, vh = svd(sch.to_matrix(conv.weight), "exact")
         r = vplan[name]

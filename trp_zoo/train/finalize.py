@@ -124,6 +124,7 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
             "scheme": cfg.scheme,
             "rank_plan": plan,
             "kept_dense": sorted(set(plan_all) - set(plan)),
+            "max_abs_logit_diff": _logit_diff(trainer, model, low),
         }
     else:
         cost = compare_cost(model, model, input_size)
@@ -150,6 +151,21 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
     if error:
         raise SystemExit(f"error: {error}")
     return results
+
+
+@torch.no_grad()
+def _logit_diff(trainer: Trainer, dense: torch.nn.Module, low: torch.nn.Module) -> float:
+    """Largest logit difference of the two forms on (up to) 64 validation images: the
+    decomposition of projected weights is lossless up to float rounding."""
+    val = trainer.data.val
+    count = min(64, len(val))  # type: ignore[arg-type]
+    x = torch.stack([val[i][0] for i in range(count)]).float().to(trainer.device)
+    was_training = dense.training
+    dense.eval()
+    low.eval()
+    diff = float((dense(x) - low(x)).abs().max())
+    dense.train(was_training)
+    return diff
 
 
 def save_model(trainer: Trainer, low: torch.nn.Module, results: dict[str, Any]) -> Path:
