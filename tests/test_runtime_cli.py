@@ -153,6 +153,10 @@ def test_engine_that_does_not_match_its_model_fails_agreement(
         (["--precision", "fp16"], "precision fp16 needs the TensorRT backend"),
         (["--min-top1-agreement", "99"], "fraction in [0, 1]"),
         (["--data", "/nonexistent/images"], "no such directory"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--threads", "-3"], "--threads must be >= 1, got -3"),
+        (["--pad-ranks", "0"], "--pad-ranks must be >= 1, got 0"),
+        (["--pad-ranks", "-4"], "--pad-ranks must be >= 1, got -4"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, extra, message):
@@ -212,3 +216,12 @@ def test_image_folder_from_a_plain_timm_config(tmp_path):
     data = resolve_eval_data(str(tmp_path), input_size=size, data_config=config)
     (x, y), *_ = list(data.batches(8))
     assert x.shape == (2, *size) and y.tolist() == [0, 1]
+
+
+def test_empty_onnx_file_is_a_clear_error(tmp_path):
+    from runtime.errors import RuntimeToolError
+
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(RuntimeToolError, match=r"holds no ONNX graph \(an empty or truncated"):
+        build(empty, tmp_path / "e.ort.onnx", backend="onnxruntime")

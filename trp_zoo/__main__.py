@@ -384,6 +384,8 @@ def run_plan(args: argparse.Namespace) -> int:
             check_fraction(args.latency, "latency")
         else:
             check_fraction(args.macs, "MACs")
+        if args.threads < 0:
+            raise ValueError(f"--threads must be >= 0 (0: all CPUs), got {args.threads}")
         model, size, weights = _plan_model(args)
         target = Target(
             backend=args.backend,
