@@ -274,8 +274,9 @@ def test_model_card_links_only_what_the_package_metadata_names(tmp_path, monkeyp
     installed package's metadata gives, or names trp-zoo without a link."""
     import importlib.metadata
 
-    from trp_zoo import card
     from zoo_models import save_tiny
+
+    from trp_zoo import card
 
     readme = (save_tiny(tmp_path / "a") / "README.md").read_text()
     assert "pypi.org" not in readme
