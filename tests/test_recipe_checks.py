@@ -125,3 +125,23 @@ def test_disk_full_while_checkpointing_is_one_line(fmnist, tmp_path, monkeypatch
     message = refused_after_training(fmnist, out)
     assert "could not write the checkpoint" in message and "free disk space" in message
     assert not list((out / "checkpoints").glob(".step-*"))  # no partial file left
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_damaged_fashion_mnist_gz_is_one_line(fmnist, tmp_path, damage) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fmnist, data)
+    target = data / "train-images-idx3-ubyte.gz"
+    raw = target.read_bytes()
+    target.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else b"not gzip at all")
+    with pytest.raises(SystemExit) as exc:
+        run_recipe(
+            _defaults(),
+            "recipes/fashion_mnist_resnet18.py",
+            ["--data-dir", str(data), "--output-dir", str(tmp_path / "o"), *QUICK],
+        )
+    message = str(exc.value.code)
+    assert message.startswith(f"error: {target} is not a complete gzip file")
+    assert "\n" not in message and "download it again" in message

@@ -542,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m trp_zoo",
         description="trp-zoo: low-rank timm models trained with Trained Rank Pruning.",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
@@ -553,7 +554,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except ZooError as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written
+        if args.debug:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(
+            f"error: {err.strerror or err}{where}: check the paths given (--debug shows the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return 2
 
 

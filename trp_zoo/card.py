@@ -29,6 +29,7 @@ def project_link() -> str:
     url = next((u for u in urls if u.startswith("https://")), None)
     return f"[trp-zoo]({url})" if url else "trp-zoo"
 
+
 TRP_PAPER = "Trained Rank Pruning for Efficient Deep Neural Networks"
 TRP_ARXIV = "arXiv:1812.02402"
 TRP_BIBTEX = """@article{xu2018trp,
