@@ -25,7 +25,7 @@ def project_link() -> str:
     except importlib.metadata.PackageNotFoundError:
         return "trp-zoo"
     urls = [u.partition(",")[2].strip() for u in meta.get_all("Project-URL") or []]
-    urls += [meta.get("Home-page") or ""]
+    urls += meta.get_all("Home-page") or []
     url = next((u for u in urls if u.startswith("https://")), None)
     return f"[trp-zoo]({url})" if url else "trp-zoo"
 
