@@ -819,3 +819,25 @@ def test_recipe_rejects_a_bad_target_latency_on_the_command_line(
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert "--target-latency is a fraction" in err and "it needs --trp" in err
+
+
+def test_cli_plan_on_real_timing_of_a_tiny_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No synthetic costs: every layer is timed on ONNX Runtime, the tables are cached, and
+    a second run reuses them all and picks the same plan."""
+    args = plan_args(tmp_path / "costs", "--macs", "0.95", "--min-quotient", "0")
+    args += ["--rank-step", "16", "--max-candidates", "2", "--threads", "1"]
+    args += ["--output", str(tmp_path / "plan.json")]
+    rc = zoo_main(args)
+    first = capsys.readouterr()
+    assert rc == 0, first.err
+    timed = re.search(r"\(([0-9]+) timed, 0 reused\)", first.out)
+    assert timed and int(timed.group(1)) >= 1, first.out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    measured = plan["measured"]
+    assert measured["dense"]["runs"] == measured["planned"]["runs"] == 2
+    assert zoo_main(args) == 0
+    again = capsys.readouterr().out
+    assert f"(0 timed, {timed.group(1)} reused)" in again, again
+    assert json.loads((tmp_path / "plan.json").read_text())["plan"] == plan["plan"]
