@@ -170,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads} (omit it to use all CPUs)")
+    if args.pad_ranks < 1:
+        raise ValueError(
+            f"--pad-ranks must be >= 1, got {args.pad_ranks} (1 keeps the trained ranks)"
+        )
     return RunConfig(
         backend=args.backend,
         precision=",".join(parse_precisions(args.precision)),

@@ -104,9 +104,21 @@ def image_folder(
             f"{flag} {root}: no such directory; pass an ImageFolder directory "
             "(one sub-directory of images per class), 'fashion-mnist', or 'random'"
         )
-    transform = timm.data.create_transform(**data_config, is_training=False)
+    # a model's pretrained_cfg holds more than preprocessing (url, custom_load, ...):
+    # timm's own resolver keeps what create_transform takes
+    config = timm.data.resolve_data_config({}, pretrained_cfg=dict(data_config))
+    channels = int(config["input_size"][0])
+    if channels not in (1, 3) or len(config["mean"]) != channels:
+        raise DataError(
+            f"--data {root}: the model takes {channels}-channel input normalized with "
+            f"mean {tuple(config['mean'])}; an ImageFolder is read as RGB (3 channels) or "
+            "greyscale (1 channel) with one mean per channel: use --data random"
+        )
+    transform = timm.data.create_transform(**config, is_training=False)
     try:
-        dataset: Any = timm.data.ImageDataset(str(root), transform=transform)
+        dataset: Any = timm.data.ImageDataset(
+            str(root), transform=transform, input_img_mode="L" if channels == 1 else "RGB"
+        )
     except Exception as err:  # timm raises RuntimeError/FileNotFoundError for empty trees
         raise DataError(
             f"{flag} {root} is not an ImageFolder tree ({err}); expected root/<class>/<image>"

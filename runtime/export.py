@@ -241,11 +241,19 @@ def onnx_io(path: str | os.PathLike[str]) -> tuple[str, str, tuple[int, int, int
             f"{path} is not a readable ONNX file ({err}); export it again or rebuild with "
             "python -m runtime.build_engine"
         ) from err
+    if not model.graph.node:
+        raise ExportError(
+            f"{path} holds no ONNX graph (an empty or truncated file); export it again or "
+            "rebuild with python -m runtime.build_engine"
+        )
     inputs = [
         i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
     ]
     if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise ExportError(f"{path}: expected one input and one output")
+        raise ExportError(
+            f"{path}: expected a model with one input and one output, got {len(inputs)} and "
+            f"{len(model.graph.output)}; export an image classifier with one input tensor"
+        )
     dims = inputs[0].type.tensor_type.shape.dim
     chw = [d.dim_value for d in dims[1:]]
     if len(dims) != 4 or not all(v > 0 for v in chw):

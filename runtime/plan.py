@@ -142,6 +142,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_fraction(args.latency, "latency")
     else:
         check_fraction(args.macs, "MACs")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: all CPUs), got {args.threads}")
     if args.calibrate and args.latency is None:
         raise ValueError("--calibrate corrects a --latency budget; give --latency")
     if args.sensitivity_data == "random":

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,5 +31,7 @@ def _private_stores(
 ) -> None:
     """Keep every test's local zoo and hub cache out of the user's home (subprocesses inherit)."""
     home = tmp_path_factory.mktemp("stores")
+    # subprocesses import this checkout, not another installed copy of the package
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     monkeypatch.setenv("TRP_ZOO_HOME", str(home / "trp_zoo"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))

@@ -267,3 +267,55 @@ def test_speedups_measured_later_are_recorded_in_results_and_card(
     assert torch.equal(outputs(trp_zoo.load(path)), outputs(model))
     with pytest.raises(ValueError, match="lacks backend"):
         trp_zoo.record_speedups(path, [{"value": 2.0, "device": "cpu"}])
+
+
+def test_model_card_links_only_what_the_package_metadata_names(tmp_path, monkeypatch) -> None:
+    """No link to a package index page that does not exist: the card links the URL the
+    installed package's metadata gives, or names trp-zoo without a link."""
+    import importlib.metadata
+
+    from zoo_models import save_tiny
+
+    from trp_zoo import card
+
+    readme = (save_tiny(tmp_path / "a") / "README.md").read_text()
+    assert "pypi.org" not in readme
+    meta = importlib.metadata.metadata("trp-zoo")
+    urls = [u.partition(",")[2].strip() for u in meta.get_all("Project-URL") or []]
+    assert card.project_link() in readme
+    assert card.project_link() == (f"[trp-zoo]({urls[0]})" if urls else "trp-zoo")
+
+    class Meta(dict):
+        def get_all(self, key):
+            return ["Repository, https://example.org/trp-zoo"] if key == "Project-URL" else None
+
+    monkeypatch.setattr(importlib.metadata, "metadata", lambda name: Meta())
+    assert card.project_link() == "[trp-zoo](https://example.org/trp-zoo)"
+
+
+def test_unknown_base_architecture_names_config_json(tmp_path) -> None:
+    import json
+
+    from zoo_models import save_tiny
+
+    import trp_zoo
+
+    path = save_tiny(tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    config["model_args"]["base_architecture"] = "resnet_nope"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(trp_zoo.ZooError, match=r"config.json's model_args.base_architecture "):
+        trp_zoo.load(str(path))
+
+
+def test_publish_to_a_directory_under_a_file_is_one_line(tmp_path, capsys) -> None:
+    from zoo_models import save_tiny
+
+    from trp_zoo.__main__ import main
+
+    path = save_tiny(tmp_path / "ckpt")
+    (tmp_path / "file").write_text("x")
+    args = ["publish", str(path), "--repo", "org/name", "--to-dir", str(tmp_path / "file" / "d")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / "file") in err[0]

@@ -208,3 +208,22 @@ def test_densify_merges_factors_back(arch: str) -> None:
     with torch.no_grad():
         expected = dec(x)
         assert (dense(x) - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_rank_callable_below_one_is_an_error(bad: int) -> None:
+    with pytest.raises(ValueError, match=rf"returned {bad}; a rank is at least 1"):
+        decompose(small_net(), "channel", rank=lambda s: bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"rank": 4, "exclude": "*"}, "it has no candidate layer"),
+        ({"rank": 32}, "every one of its 2 candidate layers would need a rank that does not"),
+    ],
+)
+def test_decompose_that_factorizes_nothing_warns(kwargs: dict, why: str) -> None:
+    with pytest.warns(UserWarning, match=rf"decompose factorized no layer of the model: {why}"):
+        out = decompose(small_net(), "channel", **kwargs)
+    assert rank_plan(out) == {}

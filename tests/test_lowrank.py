@@ -41,7 +41,7 @@ def test_projection_is_truncation_and_direction_is_uv(method: str) -> None:
     a = decaying(64, 200)
     proj = SubspaceProjector(method)(a, FixedRank(12))
     assert proj.rank == 12 and proj.full
-    assert rel(proj.projected, truncation(a, 12)) < 1e-5
+    assert rel(proj.projected, truncation(a, 12)) < 4e-7  # the bound lowrank's docstring states
     u, _, vh = exact_svd(a)
     assert rel(proj.nuclear_direction, (u[:, :12] @ vh[:12]).float()) < 1e-4
     assert torch.linalg.matrix_rank(proj.projected.double(), rtol=1e-6) == 12
@@ -56,14 +56,14 @@ def test_tracked_projection_stays_close_to_exact() -> None:
     assert first.full
     a = first.projected
     tracked = 0
-    for _ in range(10):
+    for _ in range(30):  # as lowrank's docstring measures: 30 projections, 1e-3 apart
         a = a + 1e-3 * torch.randn_like(a)
         result = proj(a, criterion)
         tracked += not result.full
         assert result.rank == criterion(torch.linalg.svdvals(a.double()).float())
-        assert rel(result.projected, truncation(a, result.rank)) < 1e-3
+        assert rel(result.projected, truncation(a, result.rank)) < 5e-5
         a = result.projected
-    assert tracked >= 8  # the cheap path does the work once the subspace is known
+    assert tracked >= 28  # the cheap path does the work once the subspace is known
 
 
 def test_tracked_falls_back_when_rank_grows_or_spectrum_is_needed() -> None:

@@ -22,7 +22,8 @@ from tests.runtime_models import seed_cost_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "--epochs 1 --batch-size 8 --eval-batch-size 16 --no-progress --workers 0"
-ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+# subprocesses import this checkout, not whichever copy of the package is installed
+ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def recipe_cmd(script: str, args: str, launcher: tuple[str, ...] = ()) -> list[str]:
@@ -66,8 +67,10 @@ def test_fashion_mnist_recipe_end_to_end(fmnist: Path, tmp_path: Path) -> None:
     low = res["decomposed"]
     assert low["scheme"] == "channel" and low["rank_plan"]
     assert low["macs"] < res["dense"]["macs"] and low["macs_reduction"] > 1.0
-    # projected weights decompose losslessly: both forms classify the test set alike
-    assert low["top1"] == pytest.approx(res["dense"]["top1"], abs=100 / 48 + 1e-6)
+    # projected weights decompose losslessly: the two forms' logits agree to float rounding
+    # (a rank below the one TRP reached changes them by orders of magnitude more)
+    assert low["max_abs_logit_diff"] < 1e-3
+    assert low["top1"] == res["dense"]["top1"]
     assert "| decomposed (channel), no fine-tuning" in proc.stdout
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
@@ -245,11 +248,23 @@ def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Pat
     proc.wait()
     assert reached() and not (killed / "train_results.json").exists()
     # a kill while writing leaves a temp file behind; a damaged newest file is skipped
-    (ckpts / ".step-000000099.pt.tmp-0123abcd").write_bytes(b"partial")
-    newest = max(ckpts.glob("step-*.pt"))
+    partial = ckpts / ".step-000000099.pt.tmp-0123abcd"
+    partial.write_bytes(b"partial")
+    older, newest = sorted(ckpts.glob("step-*.pt"))[-2:]
     newest.write_bytes(newest.read_bytes()[:1000])
+    resume_step = int(older.stem.removeprefix("step-"))
+    assert 0 < resume_step < 24
 
-    run("fashion_mnist_resnet18.py", f"{common} --output-dir {killed} --resume")
+    resumed = run("fashion_mnist_resnet18.py", f"{common} --output-dir {killed} --resume")
+    # it resumed from the last intact checkpoint, not from scratch: only the remaining
+    # optimizer steps ran after the restart (one TRP projection every 3 of them)
+    training = results(killed)["training"]
+    assert training["resumed_from"] == {"path": str(older), "step": resume_step}
+    assert f"resumed from {older} (epoch 1, step {resume_step})" in resumed.stdout
+    assert f"checkpoint {newest} is unreadable" in resumed.stderr
+    assert f"removed {partial}" in resumed.stdout and not partial.exists()
+    assert training["optimizer_steps"] == results(straight)["training"]["optimizer_steps"] == 24
+    assert training["steps_this_process"] == 24 - resume_step
     assert results(killed)["weight_digests"] == results(straight)["weight_digests"]
     history = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
@@ -257,10 +272,21 @@ def test_resume_after_kill_matches_uninterrupted_run(fmnist: Path, tmp_path: Pat
 
 
 def test_torchrun_two_processes_on_cpu(fmnist: Path, tmp_path: Path) -> None:
+    """Rank 1 computes every projection slightly differently (tests/perturbed_recipe.py):
+    gradient averaging alone would keep the processes apart; rank 0's broadcast does not."""
     out = tmp_path / "ddp"
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     args = f"--data-dir {fmnist} --output-dir {out} --period 2 {QUICK}"
-    proc = run("fashion_mnist_resnet18.py", args, launcher=launcher)
+    perturbed = [
+        sys.executable,
+        *launcher,
+        str(ROOT / "tests" / "perturbed_recipe.py"),
+        *shlex.split(args),
+    ]
+    proc = subprocess.run(
+        perturbed, capture_output=True, text=True, env={**os.environ, **ENV}, cwd=ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
     res = results(out)
     assert res["training"]["processes"] == 2
     assert res["training"]["optimizer_steps"] == 6  # 96 images / (2 ranks x 8)

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from trp_zoo import TRP, decompose, get_scheme, rank_plan
+from trp_zoo import TRP, decompose, rank_plan
 from trp_zoo.lowrank import exact_svd
 
 LAMBDA = 1e-2
@@ -113,12 +113,22 @@ def test_optimizer_state_survives_projection() -> None:
 def test_adam_state_is_kept() -> None:
     model = net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    hook = TRP(model, "channel", energy=0.7, period=2).attach(opt)
+    hook = TRP(model, "channel", energy=0.7, period=2, nuclear_weight=0.0).attach(opt)
+    weight = hook.targets["4"].weight
+    grads = []
     for step in range(5):
         opt.zero_grad()
         backward(model, step)
+        grads.append(weight.grad.clone())
         opt.step()
-    assert opt.state[hook.targets["4"].weight]["step"] == 5
+    assert len(hook.history) == 3  # projections after steps 0, 2 and 4 changed the weights
+    # Adam's moments are those of the gradients alone: projections leave them untouched
+    b1, b2 = opt.param_groups[0]["betas"]
+    exp_avg = sum((1 - b1) * b1 ** (4 - i) * g for i, g in enumerate(grads))
+    exp_avg_sq = sum((1 - b2) * b2 ** (4 - i) * g * g for i, g in enumerate(grads))
+    state = opt.state[weight]
+    torch.testing.assert_close(state["exp_avg"], exp_avg, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(state["exp_avg_sq"], exp_avg_sq, rtol=1e-5, atol=1e-10)
 
 
 def test_grad_scaler_unscaled_gradients_and_skipped_steps() -> None:
@@ -203,6 +213,9 @@ def test_bad_arguments() -> None:
         TRP(model, energy=1.5)
     with pytest.raises(ValueError, match="unknown scheme"):
         TRP(model, scheme="svd")
+    for rank in (0, -2, 1.5):  # refused when built, naming the layer, not at a projection
+        with pytest.raises(ValueError, match=rf"rank plan entry '4': .*got {rank}"):
+            TRP(model, plan={"4": rank})
     other = torch.optim.SGD(net().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer does not update"):
         TRP(model).attach(other)
@@ -212,18 +225,29 @@ def test_macs_per_pixel_follow_the_scheme() -> None:
     model = net()
     hook = TRP(model, "channel", energy=0.5)
     ranks = hook.project()
-    sch = get_scheme("channel")
     for name, (dense, low) in hook.macs_per_pixel().items():
         conv = hook.targets[name]
         assert dense == conv.weight.numel()
         assert low == ranks[name] * (conv.weight[0].numel() + conv.out_channels)
-        assert sch.name == "channel"
+        # the factorized layers decompose builds at those ranks do exactly that work per pixel
+    low_model = decompose(model, "channel", rank=ranks)
+    for name, (_, low) in hook.macs_per_pixel().items():
+        layer = low_model.get_submodule(name)
+        if hasattr(layer, "first"):
+            assert low == layer.first.weight.numel() + layer.second.weight.numel()
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _gather(model: nn.Module, world: int) -> list[torch.Tensor]:
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(weights) for _ in range(world)]
+    dist.all_gather(gathered, weights)
+    return gathered
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -234,15 +258,18 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     ddp = nn.parallel.DistributedDataParallel(net())
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
     hook = TRP(ddp, "channel", energy=0.8, period=2, plan={"module.4": 6}).attach(opt)
+    if rank == 1:  # out of step with rank 0 after wrapping: only TRP's broadcast re-syncs it
+        with torch.no_grad():
+            ddp.module[4].weight.add_(torch.randn_like(ddp.module[4].weight), alpha=0.1)
+    before = _gather(ddp.module, world)
     for step in range(6):
         opt.zero_grad()
         backward(ddp, 100 * rank + step)  # different data on each rank
         opt.step()
-    weights = torch.cat([p.detach().flatten() for p in ddp.module.parameters()])
-    gathered = [torch.zeros_like(weights) for _ in range(world)]
-    dist.all_gather(gathered, weights)
+    gathered = _gather(ddp.module, world)
     if rank == 0:
-        torch.save({"weights": gathered, "ranks": hook.ranks, "names": list(hook.targets)}, out)
+        result = {"weights": gathered, "ranks": hook.ranks, "names": list(hook.targets)}
+        torch.save({**result, "before": before}, out)
     dist.destroy_process_group()
 
 
@@ -251,6 +278,7 @@ def test_ddp_ranks_hold_identical_weights(tmp_path) -> None:
     mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     result = torch.load(out)
     assert result["names"] == ["4"]  # DDP's module. prefix is gone
+    assert not torch.equal(*result["before"])  # rank 1 was perturbed
     assert result["ranks"]["4"] <= 6
     torch.testing.assert_close(result["weights"][0], result["weights"][1], atol=0, rtol=0)
 

@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m runtime.build_engine --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
@@ -257,7 +258,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except ZooError as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written
+        if args.debug:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(
+            f"error: {err.strerror or err}{where}: check the paths given (--debug shows the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -8,12 +8,27 @@ which command on which date (``metric_args``). The numbers are the ones in
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .results import METRICS, speedup_label
+
+
+def project_link() -> str:
+    """``[trp-zoo](URL)`` with the repository or home page the installed package's metadata
+    names, or plain ``trp-zoo`` when it names none (no link to a page that may not exist)."""
+    try:
+        meta = importlib.metadata.metadata("trp-zoo")
+    except importlib.metadata.PackageNotFoundError:
+        return "trp-zoo"
+    urls = [u.partition(",")[2].strip() for u in meta.get_all("Project-URL") or []]
+    urls += meta.get_all("Home-page") or []
+    url = next((u for u in urls if u.startswith("https://")), None)
+    return f"[trp-zoo]({url})" if url else "trp-zoo"
+
 
 TRP_PAPER = "Trained Rank Pruning for Efficient Deep Neural Networks"
 TRP_ARXIV = "arXiv:1812.02402"
@@ -122,7 +137,7 @@ def _body(results: Mapping[str, Any], config: Mapping[str, Any], repo_id: str | 
         f"# {name}",
         "",
         f"`{arch['base_architecture']}` with {_factorized_what(arch)} (per-layer ranks in "
-        f"`config.json`), made with [trp-zoo](https://pypi.org/project/trp-zoo/) by Trained Rank "
+        f"`config.json`), made with {project_link()} by Trained Rank "
         f"Pruning (TRP; {TRP_PAPER}, IJCAI 2020, {TRP_ARXIV}).",
         "",
         f"- input: {'x'.join(str(v) for v in cfg['input_size'])}, mean {cfg.get('mean')}, "

@@ -164,6 +164,11 @@ class FunctionCriterion(RankCriterion):
         rank = self.fn(s)
         if isinstance(rank, bool) or int(rank) != rank:
             raise ValueError(f"rank callable {self.fn!r} returned {rank!r}; expected an integer")
+        if rank < 1:
+            raise ValueError(
+                f"rank callable {self.fn!r} returned {rank!r}; a rank is at least 1 (to keep a "
+                "layer dense, exclude it)"
+            )
         return int(rank)
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import warnings
 from collections.abc import Mapping
 
@@ -35,12 +36,13 @@ logger = logging.getLogger(__name__)
 RankSpec = RankLike | Mapping[str, int]
 
 
-def _validated_plan(plan: Mapping[str, int]) -> dict[str, int]:
+def validated_plan(plan: Mapping[str, int]) -> dict[str, int]:
+    """A rank plan with canonical layer names; every rank a positive int (ValueError)."""
     out: dict[str, int] = {}
     for name, rank in plan.items():
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
             raise ValueError(f"rank plan entry {name!r}: rank must be a positive int, got {rank!r}")
-        out[canonical_name(name)] = rank
+        out[canonical_name(name)] = int(rank)
     return out
 
 
@@ -83,7 +85,7 @@ def decompose(
             "or a callable on singular values"
         )
     sch = get_scheme(scheme)
-    plan = _validated_plan(rank) if isinstance(rank, Mapping) else None
+    plan = validated_plan(rank) if isinstance(rank, Mapping) else None
     criterion: RankCriterion | None = None if plan is not None else as_criterion(rank)  # type: ignore[arg-type]
     new = copy.deepcopy(unwrap_model(model))
     names = plan.keys() if plan is not None else None
@@ -174,7 +176,7 @@ def factorize_architecture(
     Used to rebuild a published architecture from its rank plan before loading weights.
     """
     sch = get_scheme(scheme)
-    plan = _validated_plan(plan)
+    plan = validated_plan(plan)
     model = unwrap_model(model)
     targets = select_targets(model, names=plan.keys())
     _check_plan_ranks(plan, targets, sch)
@@ -220,7 +222,7 @@ def factorized_scheme(model: nn.Module) -> str | None:
 def project_weights(model: nn.Module, scheme: str | Scheme, plan: Mapping[str, int]) -> nn.Module:
     """Copy of a dense model whose planned layers hold their rank-r truncation (for checks)."""
     new = copy.deepcopy(unwrap_model(model))
-    vplan = _validated_plan(plan)
+    vplan = validated_plan(plan)
     for name, layer in select_targets(new, names=vplan.keys()).items():
         sch = layer_scheme(layer, scheme)
         u, s, vh = svd(sch.to_matrix(layer.weight), "exact")

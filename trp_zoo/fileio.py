@@ -109,13 +109,7 @@ def copy_directory_atomic(src: str | os.PathLike[str], dest: str | os.PathLike[s
     """Copy the files of ``src`` (not dot-files) to ``dest`` atomically; returns ``dest``."""
     src, dest = Path(src), Path(dest)
     with atomic_directory(dest) as tmp:
-        for item in sorted(src.iterdir()):
-            if item.name.startswith("."):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
+        copy_files(src, tmp)
     return dest
 
 
@@ -126,3 +120,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def copy_files(src: Path, dest: Path) -> None:
+    """Copy the files and folders of ``src`` (not dot-files) into the directory ``dest``."""
+    for item in sorted(src.iterdir()):
+        if item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dest / item.name)
+        else:
+            shutil.copy2(item, dest / item.name)

@@ -47,7 +47,7 @@ from .checkpoint import (
 from .errors import NotCachedError, UnknownModelError, WeightsNotPublishedError, ZooError
 from .modules import close_matches
 from .registry import REGISTRY, ZooEntry, list_models
-from .store import local_path, store_dir
+from .store import local_path, reading, store_dir
 
 logger = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -252,17 +252,18 @@ def load(
     """
     import timm
 
-    resolved = resolve(source, revision)
-    checkpoint = download(
-        resolved, weights=pretrained, cache_dir=cache_dir, force_download=force_download
-    )
-    logger.info("loading %s from %s (%s)", resolved.source, checkpoint, resolved.origin)
-    return timm.create_model(
-        _timm_name(resolved, checkpoint),
-        pretrained=pretrained,
-        cache_dir=cache_dir,
-        **kwargs,
-    )
+    with reading(os.fspath(source)):  # a stored name is not replaced while it is read
+        resolved = resolve(source, revision)
+        checkpoint = download(
+            resolved, weights=pretrained, cache_dir=cache_dir, force_download=force_download
+        )
+        logger.info("loading %s from %s (%s)", resolved.source, checkpoint, resolved.origin)
+        return timm.create_model(
+            _timm_name(resolved, checkpoint),
+            pretrained=pretrained,
+            cache_dir=cache_dir,
+            **kwargs,
+        )
 
 
 def model_info(
@@ -279,10 +280,11 @@ def model_info(
     (all of config.json), ``metrics`` (top1, macs, ...; empty when none were recorded),
     ``speedups``, ``provenance`` and ``results`` (all of results.json, or None).
     """
-    resolved = resolve(source, revision)
-    checkpoint = download(resolved, weights=False, cache_dir=cache_dir)
-    config = read_config(checkpoint)
-    results = read_results(checkpoint)
+    with reading(os.fspath(source)):
+        resolved = resolve(source, revision)
+        checkpoint = download(resolved, weights=False, cache_dir=cache_dir)
+        config = read_config(checkpoint)
+        results = read_results(checkpoint)
     args = config.get("model_args", {})
     location = (
         f"{resolved.repo_id}@{checkpoint.name}" if resolved.repo_id is not None else str(checkpoint)

@@ -16,7 +16,9 @@
   Measured error of the projected weight against the exact rank-``r`` truncation
   (relative Frobenius norm, resnet18 kernels after 30 projections with a ``1e-3``
   perturbation between them): full step ``4e-7``, tracked step ``2e-5`` (``5e-6`` with
-  ``power_iterations=2``). ``tests/test_lowrank.py`` checks both bounds.
+  ``power_iterations=2``). ``tests/test_lowrank.py`` checks ``4e-7`` for the full step and
+  ``5e-5`` for the tracked one on a synthetic ``128 x 600`` matrix (measured there:
+  ``2.2e-7`` and ``3.7e-5`` over six seeds).
 """
 
 from __future__ import annotations

@@ -52,6 +52,11 @@ def _split_repo_id(repo_id: str) -> tuple[str, str]:
     return org, name
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a repo id that is not ``ORG/NAME`` (``PublishError``)."""
+    _split_repo_id(repo_id)
+
+
 def check_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> None:
     """Refuse a checkpoint that would not load: it is loaded once, through timm, here."""
     import timm

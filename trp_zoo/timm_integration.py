@@ -127,6 +127,14 @@ def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     base = kwargs.pop("base_architecture")
     scheme = kwargs.pop("scheme")
     plan = kwargs.pop("rank_plan")
+    if not isinstance(base, str) or not timm.is_model(base):
+        given = kwargs.get("pretrained_cfg") or {}
+        given = given if isinstance(given, dict) else given.to_dict()
+        raise CheckpointError(
+            f"{_where(given)}: config.json's model_args.base_architecture {base!r} is not a "
+            f"timm model (timm {timm.__version__}); fix config.json or install the timm "
+            "version the checkpoint was saved with"
+        )
     cfg = kwargs.pop("pretrained_cfg", None) or _base_pretrained_cfg(base)
     if not isinstance(cfg, dict):
         cfg = cfg.to_dict()

@@ -27,9 +27,10 @@ from torch.optim import Optimizer
 
 from .convs import ConvGeometry, is_plain
 from .criteria import EnergyThreshold, FixedRank, RankCriterion
+from .decompose import validated_plan
 from .linears import LayerKind, check_kind, layer_scheme, looked_for
 from .lowrank import Method, SubspaceProjector, nuclear_subgradient
-from .modules import canonical_name, unwrap_model
+from .modules import unwrap_model
 from .schemes import Scheme, get_scheme
 from .targets import Patterns, select_targets
 
@@ -66,9 +67,7 @@ class TRP:
         self.period = period
         self.nuclear_weight = float(nuclear_weight)
         self.projecting = project
-        self.plan = (
-            {canonical_name(k): int(v) for k, v in plan.items()} if plan is not None else None
-        )
+        self.plan = validated_plan(plan) if plan is not None else None
         layers = check_kind(layers)
         targets = select_targets(self.model, include, exclude, names=self.plan, layers=layers)
         standardized = [n for n, m in targets.items() if not is_plain(m)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,13 @@ def find_fashion_mnist(root: str | os.PathLike[str] | None = None) -> Path:
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped) into a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a cut-off or non-gzip .gz
+        raise ValueError(
+            f"{path} is not a complete gzip file ({err}); download it again: {LAYOUT_HINT}"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file: {LAYOUT_HINT}")
     ndim = data[3]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointWriteError(OSError):
+    """A training checkpoint could not be written (disk full, permissions, ...)."""
+
+
+def partial_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Temporary files of checkpoint writes that were killed (``.step-*.pt.tmp-*``)."""
+    folder = checkpoint_dir(output_dir)
+    return sorted(folder.glob(".step-*.pt.tmp-*")) if folder.is_dir() else []
+
+
+def remove_partial_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Delete what killed checkpoint writes left behind; returns the files removed."""
+    removed = partial_checkpoints(output_dir)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any]) -> Path:
     """Write ``state`` as the checkpoint of optimizer step ``step``; prune old ones."""
     path = checkpoint_dir(output_dir) / f"step-{step:09d}.pt"
-    torch_save(state, path)
+    try:
+        torch_save(state, path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
+        free = _free_bytes(path.parent)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path} ({str(err).splitlines()[0][:160]}; "
+            f"{free / 2**20:.0f} MiB free there): free disk space or choose another "
+            "--output-dir, then rerun with --resume to continue from the last checkpoint"
+        ) from None
     for old in list_checkpoints(output_dir)[KEEP:]:
         old.unlink(missing_ok=True)
+    remove_partial_checkpoints(output_dir)
     return path
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def load_latest(

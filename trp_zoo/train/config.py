@@ -179,9 +179,10 @@ def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainCo
     """Merge parsed arguments into a copy of ``defaults`` and validate them."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    for optional in ("pretrained", "model_name"):
-        if str(values.get(optional)).lower() in ("none", ""):
-            values[optional] = None
+    if str(values.get("pretrained")).lower() in ("none", ""):
+        values["pretrained"] = None
+    if str(values.get("model_name")).lower() == "none":  # '' is refused, not skipped
+        values["model_name"] = None
     cfg = dataclasses.replace(defaults, **values)
     validate(cfg)
     if cfg.model_name and "{scheme}" in cfg.model_name:

@@ -24,7 +24,14 @@ from tqdm import tqdm
 from ..fileio import write_json, write_text
 from ..modules import unwrap_model
 from ..trp import TRP
-from .checkpoint import list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    list_checkpoints,
+    load_latest,
+    remove_partial_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig, load_rank_plan
 from .data import DataBundle, EpochSampler, SeededDataset
 from .distributed import DistInfo, all_sum, barrier
@@ -156,6 +163,8 @@ class Trainer:
                 project=cfg.project,
             )
         self.state = TrainState()
+        self.resumed_from: dict[str, Any] | None = None  # the checkpoint --resume loaded
+        self.steps_run = 0  # optimizer steps taken by this process (after any resume)
 
     def _plan_for_target(self) -> dict[str, Any]:
         """The ``--target-latency`` plan: chosen once from the starting weights (rank 0) and
@@ -239,6 +248,7 @@ class Trainer:
             history=list(ckpt["history"]),
             initial_top1=ckpt.get("initial_top1"),
         )
+        self.resumed_from = {"path": ckpt["path"], "step": ckpt["step"]}
         self._rewrite_metrics_log()
         self.log(f"resumed from {ckpt['path']} (epoch {ckpt['epoch'] + 1}, step {ckpt['step']})")
         return True
@@ -288,6 +298,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
+        self.steps_run += 1
         self.scheduler.step_update(num_updates=self.state.step)
 
     def train_epoch(self) -> None:
@@ -421,7 +432,15 @@ class Trainer:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         barrier(self.info)
-        if not (cfg.resume and self.restore()):
+        if self.info.is_main:
+            for partial in remove_partial_checkpoints(self.out):
+                self.log(f"removed {partial}, a checkpoint whose write was interrupted")
+        resumed = cfg.resume and self.restore()
+        if cfg.resume and not resumed:
+            self.log(
+                f"--resume: no checkpoint in {self.out / 'checkpoints'}, training from the start"
+            )
+        if not resumed:
             if self.info.is_main:
                 self.metrics_path.unlink(missing_ok=True)
             if cfg.pretrained:  # the dense model TRP starts from: the baseline to compare with

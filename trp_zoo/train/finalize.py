@@ -70,11 +70,14 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         "training": {
             "epochs": trainer.state.epoch,
             "optimizer_steps": trainer.state.step,
+            "steps_this_process": trainer.steps_run,
             "seconds": sum(r.get("epoch_seconds", 0.0) for r in trainer.state.history),
             "processes": info.world_size,
         },
         "weight_digests": trainer.weight_digests(),
     }
+    if trainer.resumed_from is not None:
+        results["training"]["resumed_from"] = trainer.resumed_from
     if trainer.state.initial_top1 is not None:
         results["initial_top1"] = trainer.state.initial_top1
     if trainer.target_plan is not None:  # --target-latency: the plan TRP was capped by
@@ -116,22 +119,48 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
             "scheme": cfg.scheme,
             "rank_plan": plan,
             "kept_dense": sorted(set(plan_all) - set(plan)),
+            "max_abs_logit_diff": _logit_diff(trainer, model, low),
         }
     else:
         cost = compare_cost(model, model, input_size)
         results["dense"].update(macs=cost.dense_macs, params=cost.dense_params)
-    publish_error = None
+    error = None
     if info.is_main:
-        results["plots"] = _plots(trainer, plan_all, spectra, results)
-        if low is not None:
-            results["checkpoint"] = str(save_model(trainer, low, results))
-            publish_error = _publish(cfg, Path(results["checkpoint"]), results)
-        write_json(out / TRAIN_RESULTS, results)
+        try:
+            results["plots"] = _plots(trainer, plan_all, spectra, results)
+            if low is not None:
+                results["checkpoint"] = str(save_model(trainer, low, results))
+                error = _publish(cfg, Path(results["checkpoint"]), results)
+        except (OSError, ValueError, ZooError) as err:
+            error = (
+                f"saving the decomposed model failed ({err}); the training checkpoints in "
+                f"{out / 'checkpoints'} are kept: fix the cause and rerun with --resume "
+                "to redo only this last stage"
+            )
+        finally:  # the measured numbers are kept whatever a later step does
+            if error:
+                results["error"] = error
+            write_json(out / TRAIN_RESULTS, results)
         print_table(results)
     results["decomposed_model"] = low
-    if publish_error:
-        raise SystemExit(f"error: {publish_error}")
+    if error:
+        raise SystemExit(f"error: {error}")
     return results
+
+
+@torch.no_grad()
+def _logit_diff(trainer: Trainer, dense: torch.nn.Module, low: torch.nn.Module) -> float:
+    """Largest logit difference of the two forms on (up to) 64 validation images: the
+    decomposition of projected weights is lossless up to float rounding."""
+    val = trainer.data.val
+    count = min(64, len(val))  # type: ignore[arg-type]
+    x = torch.stack([val[i][0] for i in range(count)]).float().to(trainer.device)
+    was_training = dense.training
+    dense.eval()
+    low.eval()
+    diff = float((dense(x) - low(x)).abs().max())
+    dense.train(was_training)
+    return diff
 
 
 def save_model(trainer: Trainer, low: torch.nn.Module, results: dict[str, Any]) -> Path:

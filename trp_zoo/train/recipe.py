@@ -15,11 +15,13 @@ from torch import nn
 
 from ..dense_models import create_dense_model, load_dense_weights
 from ..errors import DataError, ZooError
+from .checkpoint import CheckpointWriteError
 from .config import TrainConfig, build_parser, config_from_args
 from .data import DataBundle, build_data
 from .distributed import DistInfo, cleanup, init_distributed
 from .engine import TargetPlanner, Trainer
 from .finalize import finalize
+from .preflight import preflight
 
 
 def seed_everything(seed: int) -> None:
@@ -69,6 +71,10 @@ def run_recipe(
         )
     info: DistInfo = init_distributed(cfg.device)
     try:
+        try:
+            preflight(cfg, main_process=info.is_main)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         seed_everything(cfg.seed)
         try:
             data = build_data(cfg.dataset, cfg.data_dir, cfg.model, download=cfg.download)
@@ -81,7 +87,7 @@ def run_recipe(
             raise SystemExit(f"error: {err}") from None
         try:
             trainer.fit()
-        except FileExistsError as err:
+        except (FileExistsError, CheckpointWriteError) as err:
             raise SystemExit(f"error: {err}") from None
         return finalize(trainer, recipe)
     finally:

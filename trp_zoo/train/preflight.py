@@ -1,0 +1,85 @@
+"""Checks of everything a run writes to, made before the first training step.
+
+A run that would fail at its end (an invalid ``--model-name``, a store or output path
+that is a file, a ``--publish-mirror`` with no repo to name) is refused in seconds instead
+of after hours of training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ZooError
+from ..paths import zoo_home
+from ..publish import check_repo_id
+from ..registry import get_entry
+from ..store import check_store_name, store_dir
+from .config import TrainConfig
+from .finalize import TRAIN_RESULTS
+
+
+def _writable_dir(path: Path, what: str) -> str | None:
+    """Create ``path`` as a directory; a problem sentence, or None."""
+    if path.exists() and not path.is_dir():
+        return f"{what} {path} is a file, not a directory: move it or choose another path"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create {what} {path} ({err.strerror or err}): choose a writable path"
+    return None
+
+
+def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
+    """Raise ``ValueError`` naming every problem that would make this run fail later.
+
+    Creates the output directory (and, when the run registers a model, the local store)
+    on the main process, so a path that cannot be written is found now.
+    """
+    problems: list[str] = []
+    out = Path(cfg.output_dir)
+    if main_process and (problem := _writable_dir(out, "--output-dir")):
+        problems.append(problem)
+    for sub in ("model", "checkpoints", "plots"):
+        path = out / sub
+        if path.exists() and not path.is_dir():
+            problems.append(f"{path} is a file; the run writes a directory there: move the file")
+    if (out / TRAIN_RESULTS).is_dir():
+        problems.append(f"{out / TRAIN_RESULTS} is a directory; the run writes a file there")
+    if cfg.model_name is not None:
+        try:
+            check_store_name(cfg.model_name)
+        except ValueError as err:
+            problems.append(f"--model-name: {err}, or --model-name none to skip registering")
+        else:
+            home = zoo_home()
+            if home.exists() and not home.is_dir():
+                problems.append(
+                    f"TRP_ZOO_HOME {home} is a file, not a directory: point TRP_ZOO_HOME at a "
+                    "directory (or --model-name none to skip registering)"
+                )
+            elif main_process and (problem := _writable_dir(store_dir(), "the local store")):
+                problems.append(f"{problem} (set TRP_ZOO_HOME, or --model-name none)")
+    if cfg.push_to_hub:
+        try:
+            check_repo_id(cfg.push_to_hub)
+        except ZooError as err:
+            problems.append(f"--push-to-hub: {err}")
+    if cfg.publish_mirror:
+        mirror = Path(cfg.publish_mirror)
+        if mirror.exists() and not mirror.is_dir():
+            problems.append(f"--publish-mirror {mirror} is a file; give the mirror directory")
+        if not cfg.push_to_hub:
+            if cfg.model_name is None:
+                problems.append(
+                    "--publish-mirror needs --push-to-hub ORG/NAME or a --model-name from the "
+                    "zoo registry to name the repo"
+                )
+            else:
+                try:
+                    get_entry(cfg.model_name)
+                except ZooError as err:
+                    problems.append(
+                        f"--publish-mirror: {err} Give --push-to-hub ORG/NAME to name the repo"
+                    )
+    if problems:
+        raise ValueError("; ".join(problems))
