@@ -34,12 +34,12 @@ from fmnist_runs import DEFAULTS, ROOT, train_row, trained_dense
 
 import trp_zoo
 from trp_zoo import EnergyThreshold, compare_cost, decompose, rank_plan
+from trp_zoo.algorithms.rank_selection import energy_for_macs
 from trp_zoo.fileio import write_json, write_text
-from trp_zoo.rank_selection import energy_for_macs
-from trp_zoo.train.checkpoint import load_latest
 from trp_zoo.train.data import build_data
 from trp_zoo.train.distributed import init_distributed
-from trp_zoo.train.engine import Trainer
+from trp_zoo.train.resume import load_latest
+from trp_zoo.train.trainer import Trainer
 
 RESULTS = ROOT / "benchmarks" / "results"
 

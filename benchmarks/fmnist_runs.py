@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from trp_zoo.dense_models import create_dense_model
+from trp_zoo.models.dense import create_dense_model
 from trp_zoo.train import TrainConfig
-from trp_zoo.train.checkpoint import load_latest
 from trp_zoo.train.data import build_data
 from trp_zoo.train.distributed import init_distributed
-from trp_zoo.train.engine import Trainer
 from trp_zoo.train.finalize import TRAIN_RESULTS
 from trp_zoo.train.recipe import run_recipe
+from trp_zoo.train.resume import load_latest
+from trp_zoo.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/fashion_mnist_resnet18.py"

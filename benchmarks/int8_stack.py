@@ -5,7 +5,7 @@
   *training* split.
 - timm ``resnet18`` and ``resnet50`` at 3x224x224 (random weights: speed does not depend on
   weight values; calibrated on random inputs, so no accuracy is reported): a channel plan
-  from ``runtime.rank_plans.aligned_rank_plan`` cutting MACs 3x with ranks rounded to
+  from ``trp_zoo.algorithms.rank_alignment.aligned_rank_plan`` cutting MACs 3x with ranks rounded to
   multiples of 16, latency at batch 1 and 8.
 
 Every engine goes through ``runtime``'s build (``runtime.quantize`` for int8: QDQ, per-channel
@@ -46,8 +46,8 @@ from runtime.quantize import Calibration, calibration_from_data, random_calibrat
 from runtime.report import environment, load_average
 from runtime.sources import load_source
 from runtime.spec import BuildOptions
+from trp_zoo.algorithms.rank_alignment import aligned_rank_plan, pad_ranks
 from trp_zoo.fileio import write_bytes, write_json, write_text
-from trp_zoo.rank_alignment import aligned_rank_plan, pad_ranks
 
 RESULTS = Path(__file__).parent / "results" / "int8_stack.json"
 ZOO_MODEL = "resnet18_trp_ch_fmnist"

@@ -23,9 +23,9 @@ import timm
 import torch
 
 import trp_zoo
-from trp_zoo.decompose import project_weights
+from trp_zoo.algorithms.decompose import project_weights
+from trp_zoo.algorithms.layers import classifier_names
 from trp_zoo.fileio import write_json
-from trp_zoo.targets import classifier_names
 
 # architecture -> create_model kwargs that keep it small (img_size/depth where accepted)
 ARCHITECTURES: dict[str, dict] = {

@@ -30,7 +30,7 @@ is that of learned spectra. At equal measured latency it compares the padded ene
 with three latency-aware ones, each calibrated to its measured latency: with the
 ``min_quotient=1.0`` constraint, without it (accuracy first), and without it priced by
 measured sensitivity on ``--sensitivity-images`` Fashion-MNIST training images
-(``runtime.sensitivity``). It writes each plan as a rank-plan file and evaluates each
+(``trp_zoo.algorithms.sensitivity``). It writes each plan as a rank-plan file and evaluates each
 plan decomposed without fine-tuning. ``fmnist-train`` fine-tunes the dense weights with
 ``recipes/fashion_mnist_resnet18.py --pretrained dense.pth --rank-plan FILE --energy 1.0``
 (TRP projects onto exactly the planned ranks, so the final model has the plan's latency),
@@ -62,9 +62,9 @@ from runtime.planner import Planner
 from runtime.report import environment, load_average
 from runtime.target import Target
 from trp_zoo import decompose
+from trp_zoo.algorithms.rank_alignment import padded_plan
+from trp_zoo.algorithms.rank_selection import energy_for_macs
 from trp_zoo.fileio import write_json, write_text
-from trp_zoo.rank_alignment import padded_plan
-from trp_zoo.rank_selection import energy_for_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rank_selection.json"

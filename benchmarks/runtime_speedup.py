@@ -2,8 +2,9 @@
 
 timm resnet50 and resnet18 (random weights: speed does not depend on weight values) at
 3x224x224, batch 1 and 8, channel and spatial schemes. Rank plans come from
-``runtime.rank_plans.aligned_rank_plan``: ranks are multiples of 16 (the channel block of
-ONNX Runtime's NCHWc layout with AVX-512, and a tensor-core friendly size), chosen so the
+``trp_zoo.algorithms.rank_alignment.aligned_rank_plan``: ranks are multiples of 16 (the
+channel block of ONNX Runtime's NCHWc layout with AVX-512, and a tensor-core friendly
+size), chosen so the
 MACs drop about 2.2x; layers whose own MACs would drop less than 1.25x stay dense. One
 row repeats resnet50/channel with unrounded ranks at the same target, to show what
 alignment is worth. The dense engine is ``trp_zoo.densify`` of the factorized model (same
@@ -35,8 +36,8 @@ from runtime.export import export_onnx
 from runtime.latency import measure_interleaved
 from runtime.report import environment, load_average
 from runtime.spec import BuildOptions
+from trp_zoo.algorithms.rank_alignment import aligned_rank_plan
 from trp_zoo.fileio import write_json, write_text
-from trp_zoo.rank_alignment import aligned_rank_plan
 
 RESULTS = Path(__file__).parent / "results" / "runtime_speedup.json"
 INPUT_SIZE = (3, 224, 224)
@@ -189,10 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         "input_size": list(INPUT_SIZE),
         "weights": "random (timm default init); speed does not depend on weight values",
         "rank_plan": (
-            "runtime.rank_plans.aligned_rank_plan: every targeted conv (all but the stem and "
-            "the classifier; 3x3 convs only for spatial) gets rank alpha * full rank rounded "
-            "to a multiple of the row's 'multiple' (at least one multiple), with the largest "
-            "alpha whose plan cuts MACs by the target; layers whose own MACs would drop less "
+            "trp_zoo.algorithms.rank_alignment.aligned_rank_plan: every targeted conv (all but "
+            "the stem and the classifier; 3x3 convs only for spatial) gets rank alpha * full "
+            "rank rounded to a multiple of the row's 'multiple' (at least one multiple), with "
+            "the largest alpha whose plan cuts MACs by the target; layers whose own MACs would drop less "
             "than 1.25x stay dense; then ranks are raised a step at a time, cheapest first, "
             "while the target still holds. Weights factorized by truncated SVD (trp_zoo."
             "decompose); the dense engine runs trp_zoo.densify of the factorized model."

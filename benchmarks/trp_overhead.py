@@ -34,7 +34,7 @@ from trp_zoo import TRP
 from trp_zoo.data import load_fashion_mnist
 from trp_zoo.data.fashion_mnist import MEAN, STD
 from trp_zoo.environment import software_versions
-from trp_zoo.lowrank import METHODS, Method
+from trp_zoo.lowrank.svd import METHODS, Method
 
 RESULTS = Path(__file__).parent / "results" / "trp_overhead.json"
 

@@ -26,10 +26,10 @@ from typing import Any
 import onnx
 from torch import nn
 
-from trp_zoo.convs import ConvGeometry, is_plain
-from trp_zoo.layer_shapes import conv_shapes
-from trp_zoo.schemes import get_scheme
-from trp_zoo.targets import Patterns, select_targets
+from trp_zoo.algorithms.layers import Patterns, select_targets
+from trp_zoo.lowrank.convs import ConvGeometry, is_plain
+from trp_zoo.lowrank.schemes import get_scheme
+from trp_zoo.lowrank.shapes import conv_shapes
 
 from .backends.base import Backend
 from .build import build_engine_file

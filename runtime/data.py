@@ -186,7 +186,7 @@ def sensitivity_images(
 ) -> torch.Tensor:
     """The first ``count`` training images of ``data`` (``fashion-mnist``, a directory of
     its IDX files, or an ImageFolder of training images), preprocessed for ``model``: what
-    rank sensitivity is measured on (``trp_zoo.sensitivity``)."""
+    rank sensitivity is measured on (``trp_zoo.algorithms.sensitivity``)."""
     if data == RANDOM:
         raise DataError(
             "random inputs say nothing about what the model has learned; pass fashion-mnist "

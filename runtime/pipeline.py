@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 import trp_zoo
-from trp_zoo.rank_alignment import pad_ranks
+from trp_zoo.algorithms.rank_alignment import pad_ranks
 
 from .backends import check_precision, get_backend
 from .build import build_engine_file, model_input_size

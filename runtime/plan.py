@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from trp_zoo.decompose import densify
-from trp_zoo.dense_models import create_dense_model, load_dense_weights
+from trp_zoo.algorithms.decompose import densify
 from trp_zoo.errors import ZooError
 from trp_zoo.fileio import write_json
-from trp_zoo.hub import load
-from trp_zoo.schemes import SCHEMES
+from trp_zoo.lowrank.schemes import SCHEMES
+from trp_zoo.models.dense import create_dense_model, load_dense_weights
 from trp_zoo.text_table import text_table
+from trp_zoo.zoo.hub import load
 
 from .cost_cache import CostCache
 from .data import sensitivity_images

@@ -3,9 +3,10 @@
 ``Planner`` gathers what selection needs for one model on one target: the per-layer cost
 table (``runtime.costs``, cached), the singular values of every candidate layer, the
 model's dense latency and MACs. ``Planner.select`` turns a budget (a fraction of the dense
-latency, or of the dense MACs) into a ``{name: rank}`` plan (``runtime.selector``) with
-its predicted latency; ``measure_plans`` builds the dense and planned models as engines
-and times them interleaved, which is the number that counts.
+latency, or of the dense MACs) into a ``{name: rank}`` plan
+(``trp_zoo.algorithms.rank_selection``) with its predicted latency; ``measure_plans``
+builds the dense and planned models as engines and times them interleaved, which is the
+number that counts.
 
 The predicted latency is the dense model's measured latency minus the per-layer savings
 measured in isolation; per-graph overheads (input and output reorders, the call itself)
@@ -25,7 +26,8 @@ from typing import Any
 from torch import Tensor, nn
 
 import trp_zoo
-from trp_zoo.rank_selection import (
+from trp_zoo.algorithms.layers import Patterns
+from trp_zoo.algorithms.rank_selection import (
     Budget,
     LayerOptions,
     Option,
@@ -35,9 +37,8 @@ from trp_zoo.rank_selection import (
     max_saving,
     select_ranks,
 )
-from trp_zoo.sensitivity import output_sensitivity
-from trp_zoo.spectra import energy_curve, layer_spectra
-from trp_zoo.targets import Patterns
+from trp_zoo.algorithms.sensitivity import output_sensitivity
+from trp_zoo.lowrank.spectra import energy_curve, layer_spectra
 
 from .cost_cache import CostCache
 from .costs import CostTable, Progress, cost_table, latencies, model_latency
@@ -122,7 +123,7 @@ class Planner:
         self, images: Tensor, *, batch_size: int = 256, progress: Progress = None
     ) -> None:
         """Price each useful rank by the output divergence it causes on ``images``
-        (``runtime.sensitivity``) instead of the energy it loses; ``select`` and
+        (``trp_zoo.algorithms.sensitivity``) instead of the energy it loses; ``select`` and
         ``calibrate`` then minimize the plan's summed divergence."""
         ranks = {lo.name: [o.rank for o in lo.useful()] for lo in self.options}
         if progress:

@@ -19,9 +19,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from trp_zoo.convs import ConvGeometry
-from trp_zoo.flops import conv_macs
-from trp_zoo.schemes import Scheme, get_scheme
+from trp_zoo.lowrank.convs import ConvGeometry
+from trp_zoo.lowrank.macs import conv_macs
+from trp_zoo.lowrank.schemes import Scheme, get_scheme
 
 from .export import DEFAULT_OPSET
 

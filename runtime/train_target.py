@@ -29,7 +29,7 @@ def plan_for_target(
     ``--target-latency`` from the model's current weights and return the plan as JSON
     (``{"plan": {name: rank}, ...}``, with its predicted latency and MACs). With
     ``images``, ranks are priced by the output divergence they cause on them
-    (``trp_zoo.sensitivity``) instead of by spectral energy. One intra-op thread.
+    (``trp_zoo.algorithms.sensitivity``) instead of by spectral energy. One intra-op thread.
     """
     try:
         target = Target(

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trp_zoo import lowrank
+from trp_zoo.lowrank import svd as lowrank
 
 ROOT = Path(__file__).resolve().parents[1]
 _project = lowrank.SubspaceProjector.__call__

@@ -14,7 +14,7 @@ from zoo_models import INPUT_SIZE, METRICS, PROVENANCE, outputs, save_tiny, tiny
 
 import trp_zoo
 from trp_zoo import CheckpointError, FactorizedConv2d
-from trp_zoo.checkpoint import DIGEST_KEY, WEIGHTS_NAME
+from trp_zoo.zoo.model_repo import DIGEST_KEY, WEIGHTS_NAME
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +176,7 @@ def test_failed_save_keeps_the_previous_checkpoint(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("trp_zoo.saving.write_weights", disk_full)
+    monkeypatch.setattr("trp_zoo.zoo.saving.write_weights", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_tiny(path, tiny_factorized(seed=1))
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
@@ -276,7 +276,7 @@ def test_model_card_links_only_what_the_package_metadata_names(tmp_path, monkeyp
 
     from zoo_models import save_tiny
 
-    from trp_zoo import card
+    from trp_zoo.zoo import card
 
     readme = (save_tiny(tmp_path / "a") / "README.md").read_text()
     assert "pypi.org" not in readme

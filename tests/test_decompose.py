@@ -4,11 +4,11 @@ import torch
 from torch import nn
 
 from trp_zoo import RankRatio, compare_cost, count_flops, decompose, get_scheme, rank_plan
-from trp_zoo.convs import ConvGeometry, effective_weight
-from trp_zoo.decompose import factorize_architecture, project_weights
-from trp_zoo.factorized import FactorizedConv2d
-from trp_zoo.lowrank import exact_svd
-from trp_zoo.targets import classifier_names, select_targets, stem_names
+from trp_zoo.algorithms.decompose import factorize_architecture, project_weights
+from trp_zoo.algorithms.layers import classifier_names, select_targets, stem_names
+from trp_zoo.lowrank.convs import ConvGeometry, effective_weight
+from trp_zoo.lowrank.factorized import FactorizedConv2d
+from trp_zoo.lowrank.svd import exact_svd
 
 
 def small_net() -> nn.Module:

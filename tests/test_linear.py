@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trp_zoo import TRP, FactorizedLinear, count_flops, decompose, densify, rank_plan
-from trp_zoo.decompose import factorize_architecture, project_weights
-from trp_zoo.lowrank import exact_svd
-from trp_zoo.targets import select_targets
+from trp_zoo.algorithms.decompose import factorize_architecture, project_weights
+from trp_zoo.algorithms.layers import select_targets
+from trp_zoo.lowrank.svd import exact_svd
 
 LAMBDA = 1e-2
 

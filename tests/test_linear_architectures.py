@@ -18,9 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import trp_zoo
 from trp_zoo import FactorizedConv2d, FactorizedLinear, count_flops, decompose, rank_plan
-from trp_zoo.decompose import project_weights
-from trp_zoo.linears import route_through_layer
-from trp_zoo.targets import classifier_names, select_targets
+from trp_zoo.algorithms.decompose import project_weights
+from trp_zoo.algorithms.layers import classifier_names, select_targets
+from trp_zoo.lowrank.linears import route_through_layer
 
 
 def predicted_macs(dense: nn.Module, plan: dict[str, int], input_size: tuple) -> int:

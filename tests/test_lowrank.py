@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from trp_zoo import EnergyThreshold, FixedRank, FunctionCriterion
-from trp_zoo.lowrank import SubspaceProjector, exact_svd, gram_svd, svd
+from trp_zoo.lowrank.svd import SubspaceProjector, exact_svd, gram_svd, svd
 
 
 def decaying(n: int, k: int, decay: float = 0.9) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Latency-aware rank selection: per-layer cost tables timed on ONNX Runtime and cached
-(``runtime.costs``), the knapsack selector (``runtime.selector``), the planner
+(``runtime.costs``), the knapsack selector (``trp_zoo.algorithms.rank_selection``), the planner
 (``runtime.planner``), ``python -m runtime.plan`` and the recipes' ``--target-latency``."""
 
 from __future__ import annotations
@@ -31,10 +31,7 @@ from runtime.probes import LayerProbe, candidate_ranks
 from runtime.target import Target
 from runtime.target_plans import check_fraction
 from tests.runtime_models import seed_cost_cache
-from trp_zoo.convs import ConvGeometry
-from trp_zoo.criteria import EnergyThreshold
-from trp_zoo.factorized import FactorizedConv2d
-from trp_zoo.rank_selection import (
+from trp_zoo.algorithms.rank_selection import (
     LayerOptions,
     Option,
     Proportionality,
@@ -42,8 +39,11 @@ from trp_zoo.rank_selection import (
     max_saving,
     select_ranks,
 )
-from trp_zoo.schemes import get_scheme
-from trp_zoo.spectra import energy_curve, layer_spectra
+from trp_zoo.lowrank.convs import ConvGeometry
+from trp_zoo.lowrank.criteria import EnergyThreshold
+from trp_zoo.lowrank.factorized import FactorizedConv2d
+from trp_zoo.lowrank.schemes import get_scheme
+from trp_zoo.lowrank.spectra import energy_curve, layer_spectra
 from trp_zoo.train.config import (
     TrainConfig,
     build_parser,

@@ -16,7 +16,7 @@ from zoo_models import METRICS, outputs, save_tiny, tiny_factorized
 import trp_zoo
 from trp_zoo import UnknownModelError, WeightsNotPublishedError
 from trp_zoo.__main__ import main
-from trp_zoo.registry import REGISTRY
+from trp_zoo.zoo.registry import REGISTRY
 
 TESTS = Path(__file__).parent
 NAME = "resnet18_trp_ch_fmnist"  # a registry name with no published weights

@@ -12,7 +12,7 @@ from runtime import build
 from runtime.build_engine import main
 from runtime.data import fashion_mnist
 from runtime.spec import metadata_path
-from trp_zoo.rank_alignment import pad_ranks
+from trp_zoo.algorithms.rank_alignment import pad_ranks
 
 MODEL_ARGS = {"channels": [16, 32, 32, 64], "stem_width": 16, "layers": [1, 1, 1, 1]}
 CFG = {"input_size": (1, 28, 28), "mean": (0.2860,), "std": (0.3530,), "crop_pct": 1.0}

@@ -5,8 +5,8 @@ import timm
 import torch
 
 import trp_zoo
-from trp_zoo.rank_alignment import aligned_rank_plan, pad_ranks
-from trp_zoo.targets import select_targets
+from trp_zoo.algorithms.layers import select_targets
+from trp_zoo.algorithms.rank_alignment import aligned_rank_plan, pad_ranks
 
 SIZE = (3, 32, 32)
 

@@ -8,8 +8,8 @@ from timm.layers.padding import pad_same
 from torch import nn
 
 from trp_zoo import FactorizedConv2d, decompose, densify, get_scheme, rank_plan
-from trp_zoo.convs import ConvGeometry, effective_weight
-from trp_zoo.lowrank import exact_svd
+from trp_zoo.lowrank.convs import ConvGeometry, effective_weight
+from trp_zoo.lowrank.svd import exact_svd
 
 CONVS = {
     "3x3": lambda: nn.Conv2d(16, 24, 3, padding=1),

@@ -1,5 +1,5 @@
-"""Measured sensitivity (``runtime.sensitivity``) and rank plans priced by it: the selector,
-the planner and ``python -m runtime.plan --sensitivity-data``."""
+"""Measured sensitivity (``trp_zoo.algorithms.sensitivity``) and rank plans priced by it:
+the selector, the planner and ``python -m runtime.plan --sensitivity-data``."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from tests.test_rank_selection import (
     target,
     tiny_net,
 )
-from trp_zoo.rank_selection import LayerOptions, Option, select_ranks
-from trp_zoo.sensitivity import output_sensitivity
+from trp_zoo.algorithms.rank_selection import LayerOptions, Option, select_ranks
+from trp_zoo.algorithms.sensitivity import output_sensitivity
 
 
 def images(count: int = 32) -> torch.Tensor:

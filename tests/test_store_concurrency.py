@@ -10,7 +10,7 @@ import torch
 from zoo_models import outputs, save_tiny, tiny_factorized
 
 import trp_zoo
-from trp_zoo.store import store_dir
+from trp_zoo.zoo.store import store_dir
 
 NAME = "race_model"
 WRITERS = 4

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trp_zoo import TRP, decompose, rank_plan
-from trp_zoo.lowrank import exact_svd
+from trp_zoo.lowrank.svd import exact_svd
 
 LAMBDA = 1e-2
 

@@ -1,10 +1,23 @@
 """trp-zoo: Trained Rank Pruning for timm backbones, a low-rank model zoo, and fast engines."""
 
-from . import (
-    models,  # noqa: F401  (registers CIFAR ResNets with timm)
-    timm_integration,  # registers the trp_factorized timm entrypoint
+from . import models  # noqa: F401  (registers CIFAR ResNets with timm)
+from .algorithms.decompose import (
+    decompose,
+    densify,
+    factorize_architecture,
+    factorized_scheme,
+    rank_plan,
 )
-from .criteria import (
+from .algorithms.trp import TRP
+from .errors import (
+    CheckpointError,
+    NotCachedError,
+    PublishError,
+    UnknownModelError,
+    WeightsNotPublishedError,
+    ZooError,
+)
+from .lowrank.criteria import (
     EnergyThreshold,
     FixedRank,
     FunctionCriterion,
@@ -14,24 +27,15 @@ from .criteria import (
     ValueThreshold,
     as_criterion,
 )
-from .decompose import decompose, densify, factorize_architecture, factorized_scheme, rank_plan
-from .errors import (
-    CheckpointError,
-    NotCachedError,
-    PublishError,
-    UnknownModelError,
-    WeightsNotPublishedError,
-    ZooError,
-)
-from .factorized import FactorizedConv2d, FactorizedLinear
-from .flops import CostComparison, compare_cost, count_flops, count_params
-from .hub import load, model_info
-from .publish import Published, publish, push_to_hub
-from .registry import ZooEntry, get_entry, list_models
-from .saving import record_speedups, save_pretrained
-from .schemes import SCHEMES, get_scheme
-from .store import register_local
-from .trp import TRP
+from .lowrank.factorized import FactorizedConv2d, FactorizedLinear
+from .lowrank.macs import CostComparison, compare_cost, count_flops, count_params
+from .lowrank.schemes import SCHEMES, get_scheme
+from .zoo import timm_entrypoint  # noqa: F401  (registers the trp_factorized entrypoint)
+from .zoo.hub import load, model_info
+from .zoo.publish import Published, publish, push_to_hub
+from .zoo.registry import ZooEntry, get_entry, list_models
+from .zoo.saving import record_speedups, save_pretrained
+from .zoo.store import register_local
 
 __version__ = "0.1.0"
 
@@ -76,5 +80,4 @@ __all__ = [
     "record_speedups",
     "register_local",
     "save_pretrained",
-    "timm_integration",
 ]

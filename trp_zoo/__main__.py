@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .checkpoint import read_results
 from .errors import ZooError
-from .hub import model_info
-from .publish import publish
-from .registry import REGISTRY, list_models
-from .store import local_path
 from .text_table import text_table
+from .zoo.hub import model_info
+from .zoo.model_repo import read_results
+from .zoo.publish import publish
+from .zoo.registry import REGISTRY, list_models
+from .zoo.store import local_path
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..lowrank import METHODS
-from ..schemes import SCHEMES
+from ..lowrank.schemes import SCHEMES
+from ..lowrank.svd import METHODS
 from .data import DATASETS
 
 

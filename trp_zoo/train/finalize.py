@@ -11,20 +11,20 @@ from typing import Any
 
 import torch
 
-from ..convs import ConvGeometry
-from ..decompose import decompose
+from ..algorithms.decompose import decompose
 from ..environment import software_versions
 from ..errors import ZooError
 from ..fileio import write_json
-from ..flops import compare_cost
-from ..linears import layer_scheme
-from ..publish import publish
-from ..registry import get_entry
-from ..saving import save_pretrained
-from ..spectra import layer_spectra
+from ..lowrank.convs import ConvGeometry
+from ..lowrank.linears import layer_scheme
+from ..lowrank.macs import compare_cost
+from ..lowrank.spectra import layer_spectra
+from ..zoo.publish import publish
+from ..zoo.registry import get_entry
+from ..zoo.saving import save_pretrained
 from .config import TrainConfig
-from .engine import Trainer
 from .plots import plot_curves, plot_ranks, plot_spectra
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 

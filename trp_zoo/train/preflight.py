@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..errors import ZooError
 from ..paths import zoo_home
-from ..publish import check_repo_id
-from ..registry import get_entry
-from ..store import check_store_name, store_dir
+from ..zoo.publish import check_repo_id
+from ..zoo.registry import get_entry
+from ..zoo.store import check_store_name, store_dir
 from .config import TrainConfig
 from .finalize import TRAIN_RESULTS
 

@@ -13,15 +13,15 @@ import timm
 import torch
 from torch import nn
 
-from ..dense_models import create_dense_model, load_dense_weights
 from ..errors import DataError, ZooError
-from .checkpoint import CheckpointWriteError
+from ..models.dense import create_dense_model, load_dense_weights
 from .config import TrainConfig, build_parser, config_from_args
 from .data import DataBundle, build_data
 from .distributed import DistInfo, cleanup, init_distributed
-from .engine import TargetPlanner, Trainer
 from .finalize import finalize
 from .preflight import preflight
+from .resume import CheckpointWriteError
+from .trainer import TargetPlanner, Trainer
 
 
 def seed_everything(seed: int) -> None:

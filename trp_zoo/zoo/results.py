@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .environment import software_versions
+from ..environment import software_versions
 
 RESULTS_FORMAT = "trp-zoo-results/1"
 

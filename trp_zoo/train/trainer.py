@@ -21,10 +21,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..algorithms.trp import TRP
 from ..fileio import write_json, write_text
 from ..modules import unwrap_model
-from ..trp import TRP
-from .checkpoint import (
+from .config import TrainConfig, load_rank_plan
+from .data import DataBundle, EpochSampler, SeededDataset
+from .distributed import DistInfo, all_sum, barrier
+from .resume import (
     list_checkpoints,
     load_latest,
     remove_partial_checkpoints,
@@ -32,9 +35,6 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, load_rank_plan
-from .data import DataBundle, EpochSampler, SeededDataset
-from .distributed import DistInfo, all_sum, barrier
 
 TARGET_PLAN = "target_plan.json"
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import ARCHITECTURE, read_config
-from .errors import PublishError
-from .fileio import copy_directory_atomic
+from ..errors import PublishError
+from ..fileio import copy_directory_atomic
+from .model_repo import ARCHITECTURE, read_config
 from .saving import save_pretrained
 
 # olah (0.5.4) reads binary files of this size as Git LFS pointers and fails serving them
@@ -173,7 +173,7 @@ def publish_to_hub(
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from . import __version__
+    from .. import __version__
 
     api = HfApi(token=token, library_name="trp-zoo", library_version=__version__)
     try:

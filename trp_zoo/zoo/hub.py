@@ -36,7 +36,9 @@ from huggingface_hub.errors import (
 from timm.models import parse_model_name
 from torch import nn
 
-from .checkpoint import (
+from ..errors import NotCachedError, UnknownModelError, WeightsNotPublishedError, ZooError
+from ..modules import close_matches
+from .model_repo import (
     CARD_NAME,
     CONFIG_NAME,
     RESULTS_NAME,
@@ -44,8 +46,6 @@ from .checkpoint import (
     read_config,
     read_results,
 )
-from .errors import NotCachedError, UnknownModelError, WeightsNotPublishedError, ZooError
-from .modules import close_matches
 from .registry import REGISTRY, ZooEntry, list_models
 from .store import local_path, reading, store_dir
 

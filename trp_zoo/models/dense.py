@@ -11,14 +11,14 @@ from typing import Any
 import timm
 from torch import nn
 
-from .errors import CheckpointError, UnknownModelError
-from .modules import close_matches
+from ..errors import CheckpointError, UnknownModelError
+from ..modules import close_matches
 
 
 def create_dense_model(architecture: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(architecture, pretrained=False, **kwargs)``; an unknown name is
     refused with the closest timm names."""
-    from . import models  # noqa: F401  (registers the CIFAR ResNets with timm)
+    from .. import models  # noqa: F401  (registers the CIFAR ResNets with timm)
 
     if not timm.is_model(architecture):
         raise UnknownModelError(

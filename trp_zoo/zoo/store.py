@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config, verify_weights
-from .fileio import copy_files, replace_directory
-from .paths import zoo_subdir
+from ..fileio import copy_files, replace_directory
+from ..paths import zoo_subdir
+from .model_repo import CONFIG_NAME, WEIGHTS_NAME, read_config, verify_weights
 
 try:
     import fcntl

@@ -25,14 +25,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .convs import ConvGeometry, is_plain
-from .criteria import EnergyThreshold, FixedRank, RankCriterion
+from ..lowrank.convs import ConvGeometry, is_plain
+from ..lowrank.criteria import EnergyThreshold, FixedRank, RankCriterion
+from ..lowrank.linears import LayerKind, check_kind, layer_scheme, looked_for
+from ..lowrank.schemes import Scheme, get_scheme
+from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient
+from ..modules import unwrap_model
 from .decompose import validated_plan
-from .linears import LayerKind, check_kind, layer_scheme, looked_for
-from .lowrank import Method, SubspaceProjector, nuclear_subgradient
-from .modules import unwrap_model
-from .schemes import Scheme, get_scheme
-from .targets import Patterns, select_targets
+from .layers import Patterns, select_targets
 
 
 class TRP:

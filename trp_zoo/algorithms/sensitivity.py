@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .convs import effective_weight
+from ..lowrank.convs import effective_weight
+from ..lowrank.schemes import get_scheme
+from ..lowrank.svd import svd
+from ..modules import set_submodule
 from .decompose import factorize_conv
-from .lowrank import svd
-from .modules import set_submodule
-from .schemes import get_scheme
 
 
 def _log_probs(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .modules import unwrap_model
+from ..modules import unwrap_model
 
 
 def conv_macs(

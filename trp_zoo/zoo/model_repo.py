@@ -24,10 +24,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..errors import CheckpointError
+from ..fileio import write_json
+from ..modules import close_matches
 from .card import TRP_ARXIV, TRP_PAPER
-from .errors import CheckpointError
-from .fileio import write_json
-from .modules import close_matches
 
 ARCHITECTURE = "trp_factorized"
 CONFIG_NAME = "config.json"

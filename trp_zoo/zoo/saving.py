@@ -1,6 +1,6 @@
 """``save_pretrained`` and ``record_speedups``: write and update checkpoint directories.
 
-The file format itself (names, reading, verifying) lives in ``trp_zoo.checkpoint``.
+The file format itself (names, reading, verifying) lives in ``trp_zoo.zoo.model_repo``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ from typing import Any
 import timm
 from torch import nn
 
+from ..algorithms.decompose import factorized_scheme, rank_plan
+from ..errors import CheckpointError
+from ..fileio import atomic_directory, write_json
+from ..lowrank.factorized import FactorizedLinear
+from ..lowrank.macs import count_flops, count_params
+from ..modules import close_matches, unwrap_model
 from .card import build_card
-from .checkpoint import (
+from .model_repo import (
     ARCHITECTURE,
     CARD_NAME,
     CONFIG_NAME,
@@ -27,12 +33,6 @@ from .checkpoint import (
     write_config,
     write_weights,
 )
-from .decompose import factorized_scheme, rank_plan
-from .errors import CheckpointError
-from .factorized import FactorizedLinear
-from .fileio import atomic_directory, write_json
-from .flops import count_flops, count_params
-from .modules import close_matches, unwrap_model
 from .registry import REGISTRY
 from .results import (
     build_results,

@@ -9,7 +9,7 @@ Given the saving the budget requires, ``select_ranks`` picks one option per laye
 maximizes the total kept energy ``sum_i e_i`` (equivalently, minimizes the sum of the
 layers' relative squared approximation errors ``sum_i (1 - e_i)``) subject to
 ``sum_i saving_i >= required``. Options that carry a measured sensitivity (the output
-divergence that rank causes, ``trp_zoo.sensitivity``) are priced by it instead:
+divergence that rank causes, ``trp_zoo.algorithms.sensitivity``) are priced by it instead:
 the selection then minimizes the summed divergence.
 
 That is a multiple-choice knapsack; it is solved exactly, up to rounding the savings down
@@ -41,9 +41,9 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from .convs import ConvGeometry
-from .criteria import EnergyThreshold
-from .schemes import get_scheme
+from ..lowrank.convs import ConvGeometry
+from ..lowrank.criteria import EnergyThreshold
+from ..lowrank.schemes import get_scheme
 
 Budget = Literal["latency", "macs"]
 
@@ -51,7 +51,7 @@ Budget = Literal["latency", "macs"]
 @dataclass(frozen=True)
 class Option:
     """One rank of one layer: its measured latency, MACs and kept energy, and optionally
-    a measured ``sensitivity`` (see ``trp_zoo.sensitivity``)."""
+    a measured ``sensitivity`` (see ``trp_zoo.algorithms.sensitivity``)."""
 
     rank: int
     latency_ms: float

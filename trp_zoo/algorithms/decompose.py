@@ -15,10 +15,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .convs import ConvGeometry
-from .criteria import RankCriterion, RankLike, as_criterion
-from .factorized import FACTORIZED_TYPES, FactorizedConv2d, FactorizedLinear
-from .linears import (
+from ..lowrank.convs import ConvGeometry
+from ..lowrank.criteria import RankCriterion, RankLike, as_criterion
+from ..lowrank.factorized import FACTORIZED_TYPES, FactorizedConv2d, FactorizedLinear
+from ..lowrank.linears import (
     Layer,
     LayerKind,
     effective_weight,
@@ -26,10 +26,10 @@ from .linears import (
     looked_for,
     route_through_layer,
 )
-from .lowrank import Method, svd
-from .modules import canonical_name, set_submodule, unwrap_model
-from .schemes import Scheme, get_scheme
-from .targets import Patterns, select_targets
+from ..lowrank.schemes import Scheme, get_scheme
+from ..lowrank.svd import Method, svd
+from ..modules import canonical_name, set_submodule, unwrap_model
+from .layers import Patterns, select_targets
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from .linears import Layer, LayerKind, check_kind, is_kind, unsupported_reason
-from .modules import canonical_name, close_matches, unwrap_model
+from ..lowrank.linears import Layer, LayerKind, check_kind, is_kind, unsupported_reason
+from ..modules import canonical_name, close_matches, unwrap_model
 
 logger = logging.getLogger(__name__)
 

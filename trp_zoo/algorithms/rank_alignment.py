@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .convs import ConvGeometry
-from .factorized import FactorizedConv2d
-from .flops import count_flops
-from .layer_shapes import conv_shapes
-from .modules import set_submodule
-from .schemes import Scheme, get_scheme
-from .targets import Patterns, select_targets
+from ..lowrank.convs import ConvGeometry
+from ..lowrank.factorized import FactorizedConv2d
+from ..lowrank.macs import count_flops
+from ..lowrank.schemes import Scheme, get_scheme
+from ..lowrank.shapes import conv_shapes
+from ..modules import set_submodule
+from .layers import Patterns, select_targets
 
 
 def aligned_rank_plan(

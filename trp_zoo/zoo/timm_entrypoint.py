@@ -27,10 +27,10 @@ from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
-from .checkpoint import ARCHITECTURE, WEIGHTS_NAME, verify_weights, weights_mismatch
-from .decompose import factorize_architecture
-from .errors import CheckpointError
+from ..algorithms.decompose import factorize_architecture
+from ..errors import CheckpointError
 from .hub import download_file
+from .model_repo import ARCHITECTURE, WEIGHTS_NAME, verify_weights, weights_mismatch
 
 _REQUIRED = ("base_architecture", "scheme", "rank_plan")
 _WEIGHT_SOURCES = ("url", "file", "state_dict", "hf_hub_id")

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from torch import Tensor, nn
 
 from .convs import ConvGeometry
-from .flops import conv_macs
+from .macs import conv_macs
 
 
 class Scheme(ABC):

@@ -14,8 +14,8 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import UnknownModelError
-from .modules import close_matches
+from ..errors import UnknownModelError
+from ..modules import close_matches
 from .store import local_models
 
 HUB_ORG = "trp-zoo"
