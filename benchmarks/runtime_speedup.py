@@ -193,10 +193,11 @@ def main(argv: list[str] | None = None) -> None:
             "trp_zoo.algorithms.rank_alignment.aligned_rank_plan: every targeted conv (all but "
             "the stem and the classifier; 3x3 convs only for spatial) gets rank alpha * full "
             "rank rounded to a multiple of the row's 'multiple' (at least one multiple), with "
-            "the largest alpha whose plan cuts MACs by the target; layers whose own MACs would drop less "
-            "than 1.25x stay dense; then ranks are raised a step at a time, cheapest first, "
-            "while the target still holds. Weights factorized by truncated SVD (trp_zoo."
-            "decompose); the dense engine runs trp_zoo.densify of the factorized model."
+            "the largest alpha whose plan cuts MACs by the target; layers whose own MACs would "
+            "drop less than 1.25x stay dense; then ranks are raised a step at a time, cheapest "
+            "first, while the target still holds. Weights factorized by truncated SVD "
+            "(trp_zoo.decompose); the dense engine runs trp_zoo.densify of the factorized "
+            "model."
         ),
         "timing": (
             f"{args.warmup} warm-up runs, then {args.runs} timed runs per engine and batch, "
