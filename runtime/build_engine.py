@@ -52,35 +52,7 @@ def parser() -> argparse.ArgumentParser:
         f"fp32,int8: the report then has speed-ups against dense fp32): {', '.join(PRECISIONS)} "
         "(fp16/bf16: TensorRT only)",
     )
-    int8 = p.add_argument_group("int8 (static quantization to a QDQ graph)")
-    int8.add_argument(
-        "--calibration-images",
-        type=int,
-        default=512,
-        metavar="N",
-        help="calibrate on N images of the training split (never the test split)",
-    )
-    int8.add_argument(
-        "--calibration-method",
-        choices=CALIBRATION_METHODS,
-        default="minmax",
-        help="how activation ranges are chosen from the calibration images",
-    )
-    int8.add_argument(
-        "--calibration-data",
-        default=None,
-        help="where the training split is: 'fashion-mnist', an ImageFolder train directory "
-        "(or one holding train/), or 'random' (speed only) (default: the training split of "
-        "--data)",
-    )
-    int8.add_argument(
-        "--keep-fp32",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="keep the layers whose module path matches PATTERN (fnmatch, e.g. 'fc' or "
-        "'layer4.*') in float; repeatable",
-    )
+    _add_int8_arguments(p)
     p.add_argument(
         "--batch-sizes",
         default="1,8,32",
@@ -140,6 +112,44 @@ def parser() -> argparse.ArgumentParser:
         help="do not write the measured speed-ups into the checkpoint's results and model card "
         "(only local checkpoint directories and models trained here are ever written)",
     )
+    _add_gate_arguments(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print the report")
+    return p
+
+
+def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
+    int8 = p.add_argument_group("int8 (static quantization to a QDQ graph)")
+    int8.add_argument(
+        "--calibration-images",
+        type=int,
+        default=512,
+        metavar="N",
+        help="calibrate on N images of the training split (never the test split)",
+    )
+    int8.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default="minmax",
+        help="how activation ranges are chosen from the calibration images",
+    )
+    int8.add_argument(
+        "--calibration-data",
+        default=None,
+        help="where the training split is: 'fashion-mnist', an ImageFolder train directory "
+        "(or one holding train/), or 'random' (speed only) (default: the training split of "
+        "--data)",
+    )
+    int8.add_argument(
+        "--keep-fp32",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="keep the layers whose module path matches PATTERN (fnmatch, e.g. 'fc' or "
+        "'layer4.*') in float; repeatable",
+    )
+
+
+def _add_gate_arguments(p: argparse.ArgumentParser) -> None:
     gates = p.add_argument_group("gates (exit status 1 when one fails)")
     gates.add_argument(
         "--max-abs-diff",
@@ -165,8 +175,6 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="min factorized vs dense p50 speed-up, at every batch size",
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="do not print the report")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

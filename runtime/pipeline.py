@@ -15,19 +15,21 @@ from torch import nn
 
 import trp_zoo
 from trp_zoo.algorithms.rank_alignment import pad_ranks
+from trp_zoo.lowrank.macs import CostComparison
 
 from .backends import check_precision, get_backend
-from .build import build_engine_file, model_input_size
-from .checks import Gates, check_agreement, evaluate_gates
+from .backends.base import Backend
+from .build import BuiltEngine, build_engine_file, model_input_size
+from .checks import GateResult, Gates, check_agreement, evaluate_gates
 from .data import EvalData, resolve_calibration_data, resolve_eval_data
 from .engine import Engine
 from .errors import ExportError
 from .export import DEFAULT_OPSET, ExportedModel, export_onnx
-from .latency import measure_interleaved
-from .quantize import CALIBRATION_METHODS, calibration_from_data
+from .latency import LatencyStats, measure_interleaved
+from .quantize import CALIBRATION_METHODS, Calibration, calibration_from_data
 from .report import environment, summary_rows, write_report
 from .sources import load_source
-from .spec import PRECISIONS, BuildOptions, check_input_size
+from .spec import PRECISIONS, BuildOptions, EngineMetadata, check_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,174 @@ def _check_factorized_nodes(exports: Mapping[str, ExportedModel], factorized: nn
             )
 
 
+@dataclass
+class _Prepared:
+    """What the checks run on: both models, their input size, data and summary."""
+
+    models: dict[str, nn.Module]
+    size: tuple[int, int, int]
+    summary: dict[str, Any]
+    cost: CostComparison
+    data: EvalData
+    calibration: Calibration | None
+
+
+def _prepare(
+    model: nn.Module, info: Mapping[str, Any], source: str, config: RunConfig, backend: Backend
+) -> _Prepared:
+    """Both forms of the model, input size, evaluation and calibration data: everything
+    that can be refused is checked here, before anything is exported."""
+    factorized = model.eval()
+    if config.pad_ranks > 1:
+        factorized = pad_ranks(factorized, config.pad_ranks).eval()
+    if not trp_zoo.rank_plan(factorized):
+        raise ValueError(
+            "the model has no factorized layers, so there is nothing to compare against its "
+            "dense form; pass a trp-zoo checkpoint or a trp_zoo.decompose(...) result"
+        )
+    models = {"dense": trp_zoo.densify(factorized).eval(), "factorized": factorized}
+    pretrained_cfg = dict(info.get("pretrained_cfg") or getattr(model, "pretrained_cfg", {}) or {})
+    size = check_input_size(
+        config.input_size or tuple(pretrained_cfg.get("input_size") or model_input_size(model))
+    )
+    summary = _model_summary(factorized, info, source, size)
+    summary["ranks_padded_to_multiple_of"] = config.pad_ranks
+    for precision in config.precisions:
+        check_precision(backend.name, precision)
+    if config.calibration_method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got "
+            f"{config.calibration_method!r}"
+        )
+    data_config = {**pretrained_cfg, "input_size": size}
+    hint = summary["card"].get("dataset")
+    data = resolve_eval_data(
+        config.data,
+        input_size=size,
+        data_config=data_config,
+        dataset_hint=hint,
+        max_images=config.max_images,
+    )
+    calibration = None
+    if "int8" in config.precisions:
+        calibration = calibration_from_data(
+            resolve_calibration_data(
+                config.calibration_data,
+                eval_data=config.data,
+                input_size=size,
+                data_config=data_config,
+                dataset_hint=hint,
+                max_images=config.calibration_images,
+            ),
+            method=config.calibration_method,
+            keep_fp32=config.keep_fp32,
+        )
+    cost = trp_zoo.compare_cost(models["dense"], factorized, size)
+    return _Prepared(models, size, summary, cost, data, calibration)
+
+
+def _build_engines(
+    exports: Mapping[str, ExportedModel],
+    out: Path,
+    config: RunConfig,
+    backend: Backend,
+    calibration: Calibration | None,
+) -> dict[tuple[str, str], BuiltEngine]:
+    """Every (precision, variant) engine file, built or reused from ``out``."""
+    built = {}
+    for precision in config.precisions:
+        options = BuildOptions(
+            backend=backend.name,
+            precision=precision,
+            batch_sizes=config.batch_sizes,
+            workspace_bytes=config.workspace_bytes,
+            timing_cache=config.timing_cache,
+            calibration=calibration if precision == "int8" else None,
+        )
+        for name in VARIANTS:
+            built[precision, name] = build_engine_file(
+                exports[name].path,
+                out / f"{engine_stem(name, precision)}{backend.engine_suffix}",
+                options,
+                force=config.force,
+                backend=backend,
+            )
+    return built
+
+
+def _run_engines(
+    built: Mapping[tuple[str, str], BuiltEngine], prep: _Prepared, config: RunConfig
+) -> tuple[dict[str, Any], dict[int, dict[str, LatencyStats]]]:
+    """Accuracy of every engine, and the latency of all of them timed interleaved."""
+    precisions = config.precisions
+    engines = {
+        key: Engine.load(b.path, threads=config.threads, spinning=config.spinning)
+        for key, b in built.items()
+    }
+    try:
+        hi = engines[precisions[0], "factorized"].batch_range[1]  # TensorRT: the profile's max
+        eval_batch = hi if hi is not None else max(64, *config.batch_sizes)
+        accuracy = {
+            p: _accuracy(
+                {name: engines[p, name] for name in VARIANTS},
+                prep.models,
+                prep.data,
+                eval_batch,
+                prep.summary,
+            )
+            for p in precisions
+        }
+        timings = measure_interleaved(
+            {f"{name}_{p}": engine for (p, name), engine in engines.items()},
+            config.batch_sizes,
+            warmup=config.warmup,
+            runs=config.runs,
+            progress=config.progress,
+        )
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return accuracy, timings
+
+
+def _export_section(config: RunConfig, exports: Mapping[str, ExportedModel]) -> dict[str, Any]:
+    return {
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": config.opset,
+        **{
+            name: {
+                "path": str(e.path),
+                "sha256": e.sha256,
+                "conv_nodes": e.op_counts.get("Conv", 0),
+                "max_abs_diff_vs_torch": e.max_abs_diff,
+            }
+            for name, e in exports.items()
+        },
+    }
+
+
+def _backend_section(meta: EngineMetadata, config: RunConfig) -> dict[str, Any]:
+    return {
+        "name": meta.backend,
+        "version": meta.backend_version,
+        "device": meta.device,
+        "precision": meta.precision,
+        "precisions": list(config.precisions),
+        "batch_profile": asdict(meta.batch),
+        "threads": (config.threads or os.cpu_count()) if meta.backend == "onnxruntime" else None,
+    }
+
+
+def _gates(sections: Mapping[str, Mapping[str, Any]], config: RunConfig) -> list[GateResult]:
+    """Every gate, applied to every precision built."""
+    gates = []
+    for p, section in sections.items():
+        view = {**section, "latency": {"batches": section["latency"]}}
+        for g in evaluate_gates(view, config.gates):
+            gates.append(replace(g, message=f"{p}: {g.message}") if len(sections) > 1 else g)
+    return gates
+
+
 def build_and_check(
     model: nn.Module | str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -150,103 +320,17 @@ def build_and_check(
     info = dict(info or {})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    factorized = model.eval()
-    if config.pad_ranks > 1:
-        factorized = pad_ranks(factorized, config.pad_ranks).eval()
-    plan = trp_zoo.rank_plan(factorized)
-    if not plan:
-        raise ValueError(
-            "the model has no factorized layers, so there is nothing to compare against its "
-            "dense form; pass a trp-zoo checkpoint or a trp_zoo.decompose(...) result"
-        )
-    models = {"dense": trp_zoo.densify(factorized).eval(), "factorized": factorized}
-    pretrained_cfg = dict(info.get("pretrained_cfg") or getattr(model, "pretrained_cfg", {}) or {})
-    size = check_input_size(
-        config.input_size or tuple(pretrained_cfg.get("input_size") or model_input_size(model))
-    )
-    summary = _model_summary(factorized, info, source or type(model).__name__, size)
-    summary["ranks_padded_to_multiple_of"] = config.pad_ranks
-    cost = trp_zoo.compare_cost(models["dense"], factorized, size)
-
-    precisions = config.precisions
     backend = get_backend(config.backend, spinning=config.spinning)
-    for precision in precisions:
-        check_precision(backend.name, precision)
-    if config.calibration_method not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got "
-            f"{config.calibration_method!r}"
-        )
-    data_config = {**pretrained_cfg, "input_size": size}
-    data = resolve_eval_data(
-        config.data,
-        input_size=size,
-        data_config=data_config,
-        dataset_hint=summary["card"].get("dataset"),
-        max_images=config.max_images,
-    )
-    calibration = None
-    if "int8" in precisions:
-        calibration = calibration_from_data(
-            resolve_calibration_data(
-                config.calibration_data,
-                eval_data=config.data,
-                input_size=size,
-                data_config=data_config,
-                dataset_hint=summary["card"].get("dataset"),
-                max_images=config.calibration_images,
-            ),
-            method=config.calibration_method,
-            keep_fp32=config.keep_fp32,
-        )
+    prep = _prepare(model, info, source or type(model).__name__, config, backend)
     exports = {
-        name: export_onnx(m, out / f"{name}.onnx", size, opset=config.opset)
-        for name, m in models.items()
+        name: export_onnx(m, out / f"{name}.onnx", prep.size, opset=config.opset)
+        for name, m in prep.models.items()
     }
-    _check_factorized_nodes(exports, factorized)
+    _check_factorized_nodes(exports, prep.models["factorized"])
+    built = _build_engines(exports, out, config, backend, prep.calibration)
+    accuracy, timings = _run_engines(built, prep, config)
 
-    built = {}
-    for precision in precisions:
-        options = BuildOptions(
-            backend=backend.name,
-            precision=precision,
-            batch_sizes=config.batch_sizes,
-            workspace_bytes=config.workspace_bytes,
-            timing_cache=config.timing_cache,
-            calibration=calibration if precision == "int8" else None,
-        )
-        for name in VARIANTS:
-            built[precision, name] = build_engine_file(
-                exports[name].path,
-                out / f"{engine_stem(name, precision)}{backend.engine_suffix}",
-                options,
-                force=config.force,
-                backend=backend,
-            )
-    engines = {
-        key: Engine.load(b.path, threads=config.threads, spinning=config.spinning)
-        for key, b in built.items()
-    }
-    try:
-        hi = engines[precisions[0], "factorized"].batch_range[1]  # TensorRT: the profile's max
-        eval_batch = hi if hi is not None else max(64, *config.batch_sizes)
-        accuracy = {
-            p: _accuracy(
-                {name: engines[p, name] for name in VARIANTS}, models, data, eval_batch, summary
-            )
-            for p in precisions
-        }
-        timings = measure_interleaved(
-            {f"{name}_{p}": engine for (p, name), engine in engines.items()},
-            config.batch_sizes,
-            warmup=config.warmup,
-            runs=config.runs,
-            progress=config.progress,
-        )
-    finally:
-        for engine in engines.values():
-            engine.close()
-
+    precisions, cost = config.precisions, prep.cost
     sections = {
         p: _precision_section(p, built, exports, accuracy[p], timings, cost.macs_reduction)
         for p in precisions
@@ -255,36 +339,14 @@ def build_and_check(
     first = sections[precisions[0]]
     report: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": summary,
+        "model": prep.summary,
         "cost": {
             **asdict(cost),
             "macs_reduction": cost.macs_reduction,
             "params_reduction": cost.params_reduction,
         },
-        "export": {
-            "exporter": "torch.onnx.export(dynamo=True)",
-            "opset": config.opset,
-            **{
-                name: {
-                    "path": str(e.path),
-                    "sha256": e.sha256,
-                    "conv_nodes": e.op_counts.get("Conv", 0),
-                    "max_abs_diff_vs_torch": e.max_abs_diff,
-                }
-                for name, e in exports.items()
-            },
-        },
-        "backend": {
-            "name": meta.backend,
-            "version": meta.backend_version,
-            "device": meta.device,
-            "precision": meta.precision,
-            "precisions": list(precisions),
-            "batch_profile": asdict(meta.batch),
-            "threads": (config.threads or os.cpu_count())
-            if meta.backend == "onnxruntime"
-            else None,
-        },
+        "export": _export_section(config, exports),
+        "backend": _backend_section(meta, config),
         # the first precision's engines, accuracy and latency (every one's in "precisions")
         "engines": first["engines"],
         "accuracy": first["accuracy"],
@@ -301,11 +363,7 @@ def build_and_check(
         "rows": summary_rows(sections, cost.macs_reduction),
         "environment": environment(),
     }
-    gates = []
-    for p, section in sections.items():  # every gate applies to every precision built
-        view = {**section, "latency": {"batches": section["latency"]}}
-        for g in evaluate_gates(view, config.gates):
-            gates.append(replace(g, message=f"{p}: {g.message}") if len(sections) > 1 else g)
+    gates = _gates(sections, config)
     report["gates"] = [asdict(g) for g in gates]
     report["passed"] = all(g.passed for g in gates)
     if config.record and info.get("origin") in ("directory", "local-store"):
