@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..algorithms.decompose import decompose
 from ..environment import software_versions
@@ -48,12 +49,9 @@ def _spectra(trainer: Trainer, count: int = 4) -> dict[str, torch.Tensor]:
     return layer_spectra({n: trainer.trp.targets[n] for n in picks}, trainer.trp.scheme)
 
 
-def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
-    """Decompose the trained model, evaluate both forms, write results, checkpoint and plots."""
-    cfg, info, out = trainer.cfg, trainer.info, trainer.out
-    model = trainer.module
-    input_size = trainer.data.input_size
-    spectra = _spectra(trainer)
+def _provenance(trainer: Trainer, recipe: str) -> dict[str, Any]:
+    """How the run was made: command, versions, config, data and training."""
+    cfg, info, input_size = trainer.cfg, trainer.info, trainer.data.input_size
     results: dict[str, Any] = {
         "recipe": recipe,
         "command": command_line(),
@@ -82,15 +80,30 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
         results["initial_top1"] = trainer.state.initial_top1
     if trainer.target_plan is not None:  # --target-latency: the plan TRP was capped by
         results["target_plan"] = trainer.target_plan
-    plan_all: dict[str, int] = {}
-    if trainer.trp is not None:
-        # TRP: keep the ranks training reached; nuclear norm only: the energy criterion
-        reached = trainer.trp.ranks if trainer.trp.projecting else None
-        plan_all = trainer.trp.project(reached or None)
-        results["training"]["trp_projection_seconds"] = trainer.trp.projection_seconds
-        results["training"]["trp_projection_share"] = trainer.trp.projection_seconds / max(
-            results["training"]["seconds"], 1e-9
-        )
+    return results
+
+
+def _final_projection(trainer: Trainer, results: dict[str, Any]) -> dict[str, int]:
+    """One last projection: the ranks training reached (TRP), or the energy criterion's
+    (nuclear norm only); empty without TRP."""
+    if trainer.trp is None:
+        return {}
+    # TRP: keep the ranks training reached; nuclear norm only: the energy criterion
+    reached = trainer.trp.ranks if trainer.trp.projecting else None
+    plan_all = trainer.trp.project(reached or None)
+    results["training"]["trp_projection_seconds"] = trainer.trp.projection_seconds
+    results["training"]["trp_projection_share"] = trainer.trp.projection_seconds / max(
+        results["training"]["seconds"], 1e-9
+    )
+    return plan_all
+
+
+def _decompose_and_evaluate(
+    trainer: Trainer, plan_all: dict[str, int], results: dict[str, Any]
+) -> nn.Module | None:
+    """Evaluate the trained model, decompose it where a rank lowers a layer's cost, and
+    evaluate the decomposed model (no fine-tuning); the numbers go into ``results``."""
+    cfg, model, input_size = trainer.cfg, trainer.module, trainer.data.input_size
     _, dense_top1 = trainer.evaluate()
     results["dense"] = {"top1": dense_top1, "note": "the trained model before decomposition"}
     low = None
@@ -124,6 +137,16 @@ def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
     else:
         cost = compare_cost(model, model, input_size)
         results["dense"].update(macs=cost.dense_macs, params=cost.dense_params)
+    return low
+
+
+def finalize(trainer: Trainer, recipe: str) -> dict[str, Any]:
+    """Decompose the trained model, evaluate both forms, write results, checkpoint and plots."""
+    cfg, info, out = trainer.cfg, trainer.info, trainer.out
+    spectra = _spectra(trainer)
+    results = _provenance(trainer, recipe)
+    plan_all = _final_projection(trainer, results)
+    low = _decompose_and_evaluate(trainer, plan_all, results)
     error = None
     if info.is_main:
         try:
