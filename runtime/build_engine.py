@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trp_zoo.errors import ZooError
+
 from .backends import BACKENDS
 from .checks import Gates
 from .export import DEFAULT_OPSET, MIN_OPSET
@@ -222,8 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         report = build_and_check(args.source, args.output, config)
-    except (ValueError, LookupError, OSError, RuntimeError) as err:
-        # the zoo's and the runtime's errors subclass these; their messages name the fix
+    except (ZooError, ValueError, LookupError, OSError, RuntimeError) as err:
+        # ZooError: trp-zoo's own errors, library and runtime (messages name the fix); the
+        # builtins: bad values and paths reported by the libraries underneath
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.quiet:
