@@ -34,6 +34,7 @@ from trp_zoo import TRP
 from trp_zoo.data import load_fashion_mnist
 from trp_zoo.data.fashion_mnist import MEAN, STD
 from trp_zoo.environment import software_versions
+from trp_zoo.fileio import write_json
 from trp_zoo.lowrank.svd import METHODS, Method
 
 RESULTS = Path(__file__).parent / "results" / "trp_overhead.json"
@@ -89,7 +90,7 @@ def projection_cost(
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -106,8 +107,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--method", default="subspace", choices=METHODS)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     plain = timm.create_model("resnet18", in_chans=1, num_classes=10)
     trained = copy.deepcopy(plain)
@@ -176,8 +180,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(
         json.dumps(
             {k: v for k, v in result.items() if k not in ("ranks_at_end", "machine")}, indent=2

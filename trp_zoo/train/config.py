@@ -99,43 +99,7 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
         default=d.pretrained,
         help="dense starting weights: file, hf-hub:ID, or none",
     )
-    g = p.add_argument_group("TRP")
-    _bool_flag(g, "trp", d.trp, "train with TRP (--no-trp: plain dense training)")
-    _bool_flag(g, "project", d.project, "low-rank projection (--no-project: nuclear norm only)")
-    g.add_argument("--scheme", choices=sorted(SCHEMES), default=d.scheme)
-    g.add_argument("--energy", type=float, default=d.energy, help="energy kept by the projection")
-    g.add_argument(
-        "--period", type=int, default=d.period, help="optimizer steps between projections"
-    )
-    g.add_argument("--nuclear-weight", type=float, default=d.nuclear_weight, help="lambda")
-    g.add_argument("--svd-method", choices=METHODS, default=d.svd_method)
-    g.add_argument(
-        "--rank-plan",
-        dest="rank_plan_file",
-        default=d.rank_plan_file,
-        help="JSON {layer: rank} capping each rank",
-    )
-    g.add_argument(
-        "--target-latency",
-        type=float,
-        default=d.target_latency,
-        metavar="FRACTION",
-        help="instead of --rank-plan: cap ranks by a plan for this fraction of the dense "
-        "latency on --target-backend, chosen from the starting weights",
-    )
-    g.add_argument("--target-backend", default=d.target_backend, help="onnxruntime or tensorrt")
-    g.add_argument("--target-batch-size", type=int, default=d.target_batch_size)
-    g.add_argument(
-        "--target-rank-step", type=int, default=d.target_rank_step, help="rank multiples to time"
-    )
-    g.add_argument(
-        "--target-sensitivity-images",
-        type=int,
-        default=d.target_sensitivity_images,
-        metavar="N",
-        help="with --target-latency and --pretrained: choose the ranks by how far each moves "
-        "the predictions on N training images, not by spectral energy (0: energy)",
-    )
+    _add_trp_arguments(p.add_argument_group("TRP"), d)
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
@@ -173,6 +137,46 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument("--publish-mirror", default=d.publish_mirror, metavar="DIR")
     _bool_flag(g, "progress", d.progress, "progress bars")
     return p
+
+
+def _add_trp_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
+    """TRP's options, rank plans and the ``--target-latency`` plan."""
+    _bool_flag(g, "trp", d.trp, "train with TRP (--no-trp: plain dense training)")
+    _bool_flag(g, "project", d.project, "low-rank projection (--no-project: nuclear norm only)")
+    g.add_argument("--scheme", choices=sorted(SCHEMES), default=d.scheme)
+    g.add_argument("--energy", type=float, default=d.energy, help="energy kept by the projection")
+    g.add_argument(
+        "--period", type=int, default=d.period, help="optimizer steps between projections"
+    )
+    g.add_argument("--nuclear-weight", type=float, default=d.nuclear_weight, help="lambda")
+    g.add_argument("--svd-method", choices=METHODS, default=d.svd_method)
+    g.add_argument(
+        "--rank-plan",
+        dest="rank_plan_file",
+        default=d.rank_plan_file,
+        help="JSON {layer: rank} capping each rank",
+    )
+    g.add_argument(
+        "--target-latency",
+        type=float,
+        default=d.target_latency,
+        metavar="FRACTION",
+        help="instead of --rank-plan: cap ranks by a plan for this fraction of the dense "
+        "latency on --target-backend, chosen from the starting weights",
+    )
+    g.add_argument("--target-backend", default=d.target_backend, help="onnxruntime or tensorrt")
+    g.add_argument("--target-batch-size", type=int, default=d.target_batch_size)
+    g.add_argument(
+        "--target-rank-step", type=int, default=d.target_rank_step, help="rank multiples to time"
+    )
+    g.add_argument(
+        "--target-sensitivity-images",
+        type=int,
+        default=d.target_sensitivity_images,
+        metavar="N",
+        help="with --target-latency and --pretrained: choose the ranks by how far each moves "
+        "the predictions on N training images, not by spectral energy (0: energy)",
+    )
 
 
 def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainConfig:

@@ -145,26 +145,29 @@ class Trainer:
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "none")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
-        self.trp: TRP | None = None
         self.target_plan: dict[str, Any] | None = None
-        if cfg.trp:
-            plan = load_rank_plan(cfg.rank_plan_file) if cfg.rank_plan_file else None
-            if cfg.target_latency is not None:
-                self.target_plan = self._plan_for_target()
-                plan = self.target_plan["plan"]
-            self.trp = TRP(
-                self.model,
-                cfg.scheme,
-                energy=cfg.energy,
-                period=cfg.period,
-                nuclear_weight=cfg.nuclear_weight,
-                plan=plan,
-                method=cfg.svd_method,  # type: ignore[arg-type]
-                project=cfg.project,
-            )
+        self.trp = self._trp_hook() if cfg.trp else None
         self.state = TrainState()
         self.resumed_from: dict[str, Any] | None = None  # the checkpoint --resume loaded
         self.steps_run = 0  # optimizer steps taken by this process (after any resume)
+
+    def _trp_hook(self) -> TRP:
+        """The TRP hook, its ranks capped by ``--rank-plan`` or the ``--target-latency`` plan."""
+        cfg = self.cfg
+        plan = load_rank_plan(cfg.rank_plan_file) if cfg.rank_plan_file else None
+        if cfg.target_latency is not None:
+            self.target_plan = self._plan_for_target()
+            plan = self.target_plan["plan"]
+        return TRP(
+            self.model,
+            cfg.scheme,
+            energy=cfg.energy,
+            period=cfg.period,
+            nuclear_weight=cfg.nuclear_weight,
+            plan=plan,
+            method=cfg.svd_method,  # type: ignore[arg-type]
+            project=cfg.project,
+        )
 
     def _plan_for_target(self) -> dict[str, Any]:
         """The ``--target-latency`` plan: chosen once from the starting weights (rank 0) and
