@@ -50,6 +50,17 @@ def test_cli_help_runs_without_runtime() -> None:
     assert "python -m runtime.plan" in done.stdout
 
 
+def test_the_moved_plan_command_points_to_the_runtime(capsys) -> None:
+    from trp_zoo.__main__ import main
+
+    assert main(["plan", "--model", "resnet18", "--latency", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: rank plans for a deployment target are made by the runtime: "
+        "python -m runtime.plan --model resnet18 --latency 0.5"
+    )
+
+
 def test_no_runtime_import_statement_under_trp_zoo() -> None:
     offenders = []
     for path in (ROOT / "trp_zoo").rglob("*.py"):
