@@ -181,19 +181,24 @@ def resolve_eval_data(
     return fashion_mnist(input_size, mean, std, max_images=max_images, root=folder, split=split)
 
 
+def check_sensitivity_source(data: str, count: int) -> None:
+    """Refuse what sensitivity cannot be measured on, before any model is built."""
+    if data == RANDOM:
+        raise DataError(
+            "sensitivity data 'random': random inputs say nothing about what the model has "
+            "learned; pass fashion-mnist or an ImageFolder directory of training images"
+        )
+    if count < 1:
+        raise DataError(f"sensitivity images must be >= 1, got {count}")
+
+
 def sensitivity_images(
     data: str, model: nn.Module, input_size: tuple[int, int, int], count: int
 ) -> torch.Tensor:
     """The first ``count`` training images of ``data`` (``fashion-mnist``, a directory of
     its IDX files, or an ImageFolder of training images), preprocessed for ``model``: what
     rank sensitivity is measured on (``trp_zoo.algorithms.sensitivity``)."""
-    if data == RANDOM:
-        raise DataError(
-            "random inputs say nothing about what the model has learned; pass fashion-mnist "
-            "or an ImageFolder directory of training images"
-        )
-    if count < 1:
-        raise DataError(f"sensitivity needs at least one image, got {count}")
+    check_sensitivity_source(data, count)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     if input_size[0] == 1 and len(cfg.get("mean") or ()) != 1:
         # a one-channel timm model keeps ImageNet's three-channel statistics in its

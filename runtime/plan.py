@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,12 +31,11 @@ from trp_zoo.text_table import text_table
 from trp_zoo.zoo.hub import load
 
 from .cost_cache import CostCache
-from .data import sensitivity_images
+from .costs import Progress
+from .data import check_sensitivity_source, sensitivity_images
 from .planner import Planner
 from .target import Target
 from .target_plans import TargetPlan, check_fraction
-
-Progress = Callable[[str], None] | None
 
 
 def plan_model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, int, int], str]:
@@ -146,13 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 0 (0: all CPUs), got {args.threads}")
     if args.calibrate and args.latency is None:
         raise ValueError("--calibrate corrects a --latency budget; give --latency")
-    if args.sensitivity_data == "random":
-        raise ValueError(
-            "--sensitivity-data random: random inputs say nothing about what the model has "
-            "learned; pass fashion-mnist or an ImageFolder directory of training images"
-        )
-    if args.sensitivity_data and args.sensitivity_images < 1:
-        raise ValueError(f"--sensitivity-images must be >= 1, got {args.sensitivity_images}")
+    if args.sensitivity_data:
+        check_sensitivity_source(args.sensitivity_data, args.sensitivity_images)
 
 
 def make_planner(args: argparse.Namespace, progress: Progress) -> tuple[Planner, str]:
