@@ -54,6 +54,10 @@ class TrainConfig:
     warmup_epochs: int = 0
     min_lr: float = 0.0
     label_smoothing: float = 0.0
+    # knowledge distillation from a dense teacher of the same architecture
+    distill_from: str | None = None  # the teacher's weights: a state-dict file or hf-hub:ID
+    distill_weight: float = 0.5  # share of the distillation term in the loss
+    distill_temperature: float = 4.0
     accum_steps: int = 1
     amp: str = "none"
     channels_last: bool = False
@@ -115,6 +119,20 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument("--min-lr", type=float, default=d.min_lr)
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation")
+    g = p.add_argument_group("distillation")
+    g.add_argument(
+        "--distill-from",
+        default=d.distill_from,
+        metavar="WEIGHTS",
+        help="distill from a dense teacher of --model: its state-dict file or hf-hub:ID",
+    )
+    g.add_argument(
+        "--distill-weight",
+        type=float,
+        default=d.distill_weight,
+        help="share of the distillation term: (1-w) cross-entropy + w T^2 KL(teacher||student)",
+    )
+    g.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T")
     g.add_argument(
         "--amp",
         choices=["auto", "none", "bf16", "fp16"],
@@ -183,8 +201,9 @@ def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainCo
     """Merge parsed arguments into a copy of ``defaults`` and validate them."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    if str(values.get("pretrained")).lower() in ("none", ""):
-        values["pretrained"] = None
+    for name in ("pretrained", "distill_from"):
+        if str(values.get(name)).lower() in ("none", ""):
+            values[name] = None
     if str(values.get("model_name")).lower() == "none":  # '' is refused, not skipped
         values["model_name"] = None
     cfg = dataclasses.replace(defaults, **values)
@@ -230,8 +249,24 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("target_batch_size", "target_rank_step"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    problems += _distillation_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def _distillation_problems(cfg: TrainConfig) -> list[str]:
+    problems = []
+    if not 0.0 < cfg.distill_weight <= 1.0:
+        problems.append(f"--distill-weight must be in (0, 1], got {cfg.distill_weight}")
+    if cfg.distill_temperature <= 0:
+        problems.append(f"--distill-temperature must be > 0, got {cfg.distill_temperature}")
+    source = cfg.distill_from
+    if source and not source.startswith("hf-hub:") and not Path(source).is_file():
+        problems.append(
+            f"--distill-from {source} is not a file: give the dense teacher's state-dict file "
+            "(.pth/.safetensors) or hf-hub:ID"
+        )
+    return problems
 
 
 def load_rank_plan(path: str) -> dict[str, int]:

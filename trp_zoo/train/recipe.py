@@ -32,14 +32,24 @@ def seed_everything(seed: int) -> None:
 
 def create_model(cfg: TrainConfig, data: DataBundle) -> nn.Module:
     """The timm model for ``data``, with dense starting weights from ``--pretrained`` if given."""
+    return _timm_model(cfg, data, cfg.pretrained, "--pretrained")
+
+
+def create_teacher(cfg: TrainConfig, data: DataBundle) -> nn.Module | None:
+    """The dense teacher of ``--distill-from`` (the same architecture), or None."""
+    if not cfg.distill_from:
+        return None
+    return _timm_model(cfg, data, cfg.distill_from, "--distill-from")
+
+
+def _timm_model(cfg: TrainConfig, data: DataBundle, source: str | None, flag: str) -> nn.Module:
     kwargs = {"num_classes": data.num_classes, "in_chans": data.input_size[0], **cfg.model_kwargs}
-    source = cfg.pretrained
     try:
         if source and source.startswith("hf-hub:"):
             return timm.create_model(source, pretrained=True, **kwargs)
         model = create_dense_model(cfg.model, **kwargs)
         if source:
-            load_dense_weights(model, source, "--pretrained", cfg.model)
+            load_dense_weights(model, source, flag, cfg.model)
     except (ZooError, RuntimeError) as err:
         raise SystemExit(f"error: {err}") from None
     return model
@@ -81,8 +91,9 @@ def run_recipe(
         except DataError as err:
             raise SystemExit(f"error: {err}") from None
         model = create_model(cfg, data)
+        teacher = create_teacher(cfg, data)
         try:
-            trainer = Trainer(cfg, model, data, info, target_planner)
+            trainer = Trainer(cfg, model, data, info, target_planner, teacher)
         except ValueError as err:  # settings that cannot work with this model or data
             raise SystemExit(f"error: {err}") from None
         try:

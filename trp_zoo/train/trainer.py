@@ -26,6 +26,7 @@ from ..fileio import write_json, write_text
 from ..modules import unwrap_model
 from .config import TrainConfig, load_rank_plan
 from .data import DataBundle, EpochSampler, SeededDataset
+from .distillation import Distiller
 from .distributed import DistInfo, all_sum, barrier
 from .resume import (
     list_checkpoints,
@@ -85,6 +86,7 @@ class Trainer:
         data: DataBundle,
         info: DistInfo,
         target_planner: TargetPlanner | None = None,
+        teacher: nn.Module | None = None,
     ):
         self.cfg, self.data, self.info = cfg, data, info
         self.target_planner = target_planner
@@ -93,6 +95,15 @@ class Trainer:
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device).to(memory_format=memory_format)
         self.module = self.model
+        self.distiller = (
+            None
+            if teacher is None
+            else Distiller(
+                teacher.to(self.device).to(memory_format=memory_format),
+                cfg.distill_weight,
+                cfg.distill_temperature,
+            )
+        )
         if info.distributed:
             ids = [info.local_rank] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
@@ -328,6 +339,8 @@ class Trainer:
                 with self._autocast():
                     out = self.model(x)
                     loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                    if self.distiller is not None:
+                        loss = self.distiller.loss(out, x, loss)
                 scaled = loss / cfg.accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             s.stats.loss_sum += float(loss.detach()) * len(y)
