@@ -120,6 +120,27 @@ def test_target_latency_caps_the_ranks_by_a_plan_for_the_target(
     assert trp_zoo.rank_plan(trp_zoo.load(str(out / "model"))) == low
 
 
+def test_target_latency_on_real_timing_of_a_tiny_model(fmnist: Path, tmp_path: Path) -> None:
+    """No synthetic costs: the recipe times every candidate layer on ONNX Runtime, caches
+    the tables in $TRP_ZOO_HOME/costs, and trains to a plan that meets the budget on them."""
+    costs = Path(os.environ["TRP_ZOO_HOME"]) / "costs"
+    assert not costs.exists()
+    out = tmp_path / "run"
+    run(
+        "fashion_mnist_resnet18.py",
+        f"--data-dir {fmnist} --output-dir {out} --limit-train-batches 2 --model resnet10t "
+        f"--target-latency 0.9 --target-batch-size 1 --target-rank-step 64 --period 1 {QUICK}",
+    )
+    chosen = json.loads((out / "target_plan.json").read_text())
+    timed = [r for r in chosen["layers"] if r["dense_ms"] is not None]
+    assert timed and all(r["dense_ms"] > 0 for r in timed)  # measured, not read: cache was empty
+    assert any(costs.rglob("*.json"))  # the tables it measured are cached for the next run
+    predicted = chosen["predicted"]["latency_fraction"]
+    assert chosen["plan"] and predicted <= 0.9
+    low = results(out)["decomposed"]["rank_plan"]
+    assert set(low) <= set(chosen["plan"]) and all(low[n] <= chosen["plan"][n] for n in low)
+
+
 def test_target_latency_plan_priced_by_measured_sensitivity(fmnist: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=10, in_chans=1)
