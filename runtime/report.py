@@ -58,7 +58,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Engine report: {m['source']}",
         "",
-        f"- model: `{m['architecture']}`, {m['scheme']} scheme, {_layer_counts(m)}"
+        f"- model: `{m['architecture']}`, {m['scheme']} scheme, {layer_counts(m)}"
         + (
             f" (ranks padded to multiples of {m['ranks_padded_to_multiple_of']})"
             if m.get("ranks_padded_to_multiple_of", 1) > 1
@@ -124,7 +124,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _layer_counts(model: Mapping[str, Any]) -> str:
+def layer_counts(model: Mapping[str, Any]) -> str:
     """``12 factorized layers (8 convs, 4 Linears)``, from the report's model section."""
     total = model["factorized_layers"]
     kinds = [row["kind"] for row in model.get("layers") or []]
