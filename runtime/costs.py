@@ -4,8 +4,8 @@ A *target* is where the model will run: backend, precision, batch size, input si
 threads. For every candidate conv and Linear of a model, ``cost_table`` times the dense
 layer and its factorization at a grid of ranks, each as a small ONNX graph at the layer's
 real input shape (one ``Conv`` or the scheme's two ``Conv`` nodes at the conv's input
-height and width; one ``MatMul`` or two at the Linear's token count), built and run by the runtime's
-own backends (``build_engine_file`` + ``Engine``) and timed interleaved
+height and width; one ``MatMul`` or two at the Linear's token count), built and run by
+the runtime's own backends (``build_engine_file`` + ``Engine``) and timed interleaved
 (``measure_interleaved``), so machine noise hits the dense and the factorized forms alike.
 Medians are kept.
 
