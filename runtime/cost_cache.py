@@ -3,8 +3,9 @@
 One JSON file per (target, layer) or (target, model structure). The key holds the
 backend, its version and device, precision (int8: the quantization scheme and the
 probes' calibration), batch size, threads, thread spinning and
-opset (the target, ``runtime.target``); the scheme, the layer's geometry and input size
-(the probe, ``runtime.probes``); and ``FORMAT_VERSION``.
+opset (the target, ``runtime.target``); the scheme, the layer's geometry and input size,
+or for a Linear its features, bias and token count under ``"kind": "linear"`` (the probe,
+``runtime.probes``); and ``FORMAT_VERSION``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from trp_zoo.fileio import write_json
 from trp_zoo.paths import zoo_subdir
 
 if TYPE_CHECKING:
-    from .probes import LayerProbe
+    from .probes import Probe
 
 FORMAT_VERSION = 1
 
@@ -101,16 +102,14 @@ class CostCache:
             write_json(path.parent / "target.json", dict(target_key))
         write_json(path, {"target": dict(target_key), "key": dict(key), **value})
 
-    def layer(self, target_key: Mapping[str, Any], probe: LayerProbe) -> LayerCosts | None:
+    def layer(self, target_key: Mapping[str, Any], probe: Probe) -> LayerCosts | None:
         entry = self._read(target_key, "layer", probe.key())
         try:
             return LayerCosts.from_dict(entry["costs"]) if entry else None
         except (KeyError, TypeError, ValueError):
             return None
 
-    def put_layer(
-        self, target_key: Mapping[str, Any], probe: LayerProbe, costs: LayerCosts
-    ) -> None:
+    def put_layer(self, target_key: Mapping[str, Any], probe: Probe, costs: LayerCosts) -> None:
         self._write(target_key, "layer", probe.key(), {"costs": costs.to_dict()})
 
     def model(self, target_key: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -1,10 +1,11 @@
-"""Per-layer cost tables: how long a conv and its factorized forms take on a target.
+"""Per-layer cost tables: how long a layer and its factorized forms take on a target.
 
 A *target* is where the model will run: backend, precision, batch size, input size and
-threads. For every candidate conv of a model, ``cost_table`` times the dense conv and its
-factorization at a grid of ranks, each as a small ONNX graph at the layer's real input
-shape (one ``Conv``, or the scheme's two ``Conv`` nodes), built and run by the runtime's
-own backends (``build_engine_file`` + ``Engine``) and timed interleaved
+threads. For every candidate conv and Linear of a model, ``cost_table`` times the dense
+layer and its factorization at a grid of ranks, each as a small ONNX graph at the layer's
+real input shape (one ``Conv`` or the scheme's two ``Conv`` nodes at the conv's input
+height and width; one ``MatMul`` or two at the Linear's token count), built and run by
+the runtime's own backends (``build_engine_file`` + ``Engine``) and timed interleaved
 (``measure_interleaved``), so machine noise hits the dense and the factorized forms alike.
 Medians are kept.
 
@@ -28,8 +29,9 @@ from torch import nn
 
 from trp_zoo.algorithms.layers import Patterns, select_targets
 from trp_zoo.lowrank.convs import ConvGeometry, is_plain
+from trp_zoo.lowrank.linears import LayerKind
 from trp_zoo.lowrank.schemes import get_scheme
-from trp_zoo.lowrank.shapes import conv_shapes
+from trp_zoo.lowrank.shapes import conv_shapes, linear_tokens
 
 from .backends.base import Backend
 from .build import build_engine_file
@@ -37,7 +39,7 @@ from .cost_cache import CostCache, LayerCosts, digest
 from .engine import Engine
 from .export import export_onnx, onnx_io
 from .latency import LatencyStats, measure_interleaved
-from .probes import LayerProbe, candidate_ranks
+from .probes import LayerProbe, LinearProbe, Probe, candidate_ranks
 from .quantize import random_calibration
 from .report import load_average
 from .spec import BuildOptions
@@ -81,7 +83,7 @@ def time_engines(
 
 
 def measure_layer(
-    probe: LayerProbe,
+    probe: Probe,
     ranks: Sequence[int],
     target: Target,
     *,
@@ -122,7 +124,7 @@ class LayerCost:
     """One layer of a cost table: its probe, candidate ranks and measured costs."""
 
     name: str
-    probe: LayerProbe
+    probe: Probe
     ranks: tuple[int, ...]
     costs: LayerCosts
 
@@ -167,16 +169,24 @@ def layer_probes(
     *,
     include: Patterns = None,
     exclude: Patterns = None,
-) -> dict[str, LayerProbe]:
-    """A probe for each conv ``decompose`` would target (weight-standardized convs excluded).
-
-    Convs only: Linear layers have no cost tables yet, so plans keep them dense.
-    """
+    layers: LayerKind = "all",
+) -> dict[str, Probe]:
+    """A probe for each layer of kind ``layers`` (``conv``, ``linear`` or ``all``) that
+    ``decompose`` would target (stem and classifier excluded as there; weight-standardized
+    convs too): convs at their input size, Linears at their token count per image."""
     sch = get_scheme(scheme)
-    convs = select_targets(model, include, exclude, layers="conv")
-    targets = {n: c for n, c in convs.items() if is_plain(c)}
-    sizes = conv_input_sizes(model, targets, input_size)
-    return {n: LayerProbe(sch.name, ConvGeometry.of(c), sizes[n]) for n, c in targets.items()}
+    targets = select_targets(model, include, exclude, layers=layers)
+    convs = {n: m for n, m in targets.items() if isinstance(m, nn.Conv2d) and is_plain(m)}
+    linears = [n for n, m in targets.items() if isinstance(m, nn.Linear)]
+    sizes = conv_input_sizes(model, convs, input_size) if convs else {}
+    tokens = linear_tokens(model, linears, input_size) if linears else {}
+    probes: dict[str, Probe] = {}
+    for name, layer in targets.items():
+        if name in tokens:
+            probes[name] = LinearProbe(ConvGeometry.of(layer), tokens[name])
+        elif name in sizes:
+            probes[name] = LayerProbe(sch.name, ConvGeometry.of(layer), sizes[name])
+    return probes
 
 
 def cost_table(
@@ -186,6 +196,7 @@ def cost_table(
     *,
     include: Patterns = None,
     exclude: Patterns = None,
+    layers: LayerKind = "all",
     cache: CostCache | None = None,
     rank_step: int = 8,
     max_candidates: int = 32,
@@ -195,18 +206,21 @@ def cost_table(
 ) -> CostTable:
     """Measure (or read from the cache) the cost of every candidate layer of ``model``.
 
-    Layers with the same probe (scheme, geometry, input size) are measured once. A layer
+    ``layers``: ``conv``, ``linear`` or ``all`` candidates (``layer_probes``). Layers with
+    the same probe (scheme, geometry, input size or tokens) are measured once. A layer
     without any rank that lowers its MACs gets no candidates and stays dense.
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     cache = cache or CostCache()
     backend, target_key = target.resolve()
-    probes = layer_probes(model, scheme, target.input_size, include=include, exclude=exclude)
+    probes = layer_probes(
+        model, scheme, target.input_size, include=include, exclude=exclude, layers=layers
+    )
     table = CostTable(target, target_key, get_scheme(scheme).name, {})
     done: dict[str, LayerCosts] = {}
     for name, probe in probes.items():
-        ranks = tuple(candidate_ranks(scheme, probe.geom, rank_step, max_candidates))
+        ranks = tuple(candidate_ranks(probe.scheme, probe.geom, rank_step, max_candidates))
         if not ranks:
             continue
         pkey = digest(probe.key())

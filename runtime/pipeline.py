@@ -88,6 +88,26 @@ def engine_stem(variant: str, precision: str) -> str:
     return variant if precision == "fp32" else f"{variant}_{precision}"
 
 
+def factorized_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """Each factorized layer of ``model``: name, kind (``conv`` or ``linear``), features
+    in and out, and rank."""
+    modules = dict(model.named_modules())
+    rows = []
+    for name, rank in trp_zoo.rank_plan(model).items():
+        m = modules[name]
+        linear = isinstance(m, trp_zoo.FactorizedLinear)
+        rows.append(
+            {
+                "name": name,
+                "kind": "linear" if linear else "conv",
+                "in": m.in_features if linear else m.in_channels,
+                "out": m.out_features if linear else m.out_channels,
+                "rank": rank,
+            }
+        )
+    return rows
+
+
 def _model_summary(
     model: nn.Module, info: Mapping[str, Any], source: str, size: Sequence[int]
 ) -> dict[str, Any]:
@@ -103,6 +123,7 @@ def _model_summary(
         "scheme": trp_zoo.factorized_scheme(model),
         "factorized_layers": len(plan),
         "rank_plan": plan,
+        "layers": factorized_layers(model),
         "num_classes": info.get("num_classes") or getattr(model, "num_classes", None),
         "input_size": list(size),
         "card": {k: metrics[k] for k in ("top1", "dataset", "split") if k in metrics},
@@ -268,6 +289,7 @@ def _export_section(config: RunConfig, exports: Mapping[str, ExportedModel]) -> 
                 "path": str(e.path),
                 "sha256": e.sha256,
                 "conv_nodes": e.op_counts.get("Conv", 0),
+                "matmul_nodes": e.op_counts.get("MatMul", 0) + e.op_counts.get("Gemm", 0),
                 "max_abs_diff_vs_torch": e.max_abs_diff,
             }
             for name, e in exports.items()

@@ -25,6 +25,7 @@ from torch import nn
 from trp_zoo.algorithms.decompose import densify
 from trp_zoo.errors import ZooError
 from trp_zoo.fileio import write_json
+from trp_zoo.lowrank.linears import LAYER_KINDS
 from trp_zoo.lowrank.schemes import SCHEMES
 from trp_zoo.models.dense import create_dense_model, load_dense_weights
 from trp_zoo.text_table import text_table
@@ -78,7 +79,7 @@ def print_plan(name: str, result: TargetPlan, weights: str, cache: str) -> None:
     rows = [
         [
             r["name"],
-            r["conv"],
+            r["shape"],
             "dense" if r["rank"] is None else str(r["rank"]),
             str(r["full_rank"]),
             f"{r['energy']:.3f}",
@@ -87,7 +88,7 @@ def print_plan(name: str, result: TargetPlan, weights: str, cache: str) -> None:
         ]
         for r in result.layers
     ]
-    header = ["layer", "conv (in->out kxk/stride @input)", "rank", "full", "energy", "dense ms"]
+    header = ["layer", "shape", "rank", "full", "energy", "dense ms"]
     print(text_table(rows, [*header, "planned ms"]))
     print(
         f"\nplan: {len(result.plan)} of {len(result.layers)} candidate layers factorized "
@@ -141,6 +142,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_fraction(args.latency, "latency")
     else:
         check_fraction(args.macs, "MACs")
+    if args.layers not in LAYER_KINDS:
+        raise ValueError(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {args.layers!r}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: all CPUs), got {args.threads}")
     if args.calibrate and args.latency is None:
@@ -166,6 +169,7 @@ def make_planner(args: argparse.Namespace, progress: Progress) -> tuple[Planner,
         model,
         target,
         args.scheme,
+        layers=args.layers,
         cache=CostCache(args.cache_dir),
         rank_step=args.rank_step,
         max_candidates=args.max_candidates,
@@ -232,6 +236,11 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency", type=float, metavar="FRACTION", help="of the dense latency")
     budget.add_argument("--macs", type=float, metavar="FRACTION", help="of the dense MACs")
     p.add_argument("--scheme", choices=sorted(SCHEMES), default="channel")
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="candidate layers: conv, linear or all (the stem and classifier stay dense)",
+    )
     p.add_argument(
         "--backend", default="onnxruntime", help="onnxruntime, tensorrt (NVIDIA GPUs) or auto"
     )

@@ -38,17 +38,23 @@ from trp_zoo.algorithms.rank_selection import (
     select_ranks,
 )
 from trp_zoo.algorithms.sensitivity import output_sensitivity
+from trp_zoo.lowrank.linears import LayerKind, check_kind, looked_for
 from trp_zoo.lowrank.spectra import energy_curve, layer_spectra
 
 from .cost_cache import CostCache
 from .costs import CostTable, Progress, cost_table, latencies, model_latency
 from .latency import LatencyStats
+from .probes import LinearProbe
 from .target import Target
 from .target_plans import TargetPlan, check_fraction
 
 
 class Planner:
-    """Costs and spectra of one model on one target, ready to select rank plans."""
+    """Costs and spectra of one model on one target, ready to select rank plans.
+
+    ``layers`` picks the candidates (``conv``, ``linear`` or ``all``, as ``decompose``);
+    Linears are priced, like convs, by their probes at their token count.
+    """
 
     def __init__(
         self,
@@ -58,6 +64,7 @@ class Planner:
         *,
         include: Patterns = None,
         exclude: Patterns = None,
+        layers: LayerKind = "all",
         cache: CostCache | None = None,
         rank_step: int = 8,
         max_candidates: int = 32,
@@ -77,6 +84,7 @@ class Planner:
             self.scheme,
             include=include,
             exclude=exclude,
+            layers=layers,
             cache=self.cache,
             rank_step=rank_step,
             max_candidates=max_candidates,
@@ -84,6 +92,12 @@ class Planner:
             runs=runs,
             progress=progress,
         )
+        if not self.table.layers:
+            raise ValueError(
+                f"nothing to plan: no {looked_for(check_kind(layers))} of the model is a "
+                "candidate with a rank that lowers its cost (the stem and classifier stay "
+                "dense); choose other layers (conv, linear or all) or include patterns"
+            )
         # exports made here are reused by ``measure`` while the planner lives
         self._workdir = tempfile.TemporaryDirectory(prefix="trp-plan-")
         self.workdir = Path(self._workdir.name)
@@ -239,7 +253,8 @@ class Planner:
         return self.dense_ms - saving
 
     def energy_plan(self, energy: float) -> dict[str, int]:
-        """The energy-threshold plan (TRP's own criterion) over the same candidate layers."""
+        """The energy-threshold plan (TRP's own criterion) over the same candidate layers
+        (a Linear's geometry is a ``1 x 1`` stride-1 conv's, which both schemes price alike)."""
         geoms = {n: lc.probe.geom for n, lc in self.table.layers.items()}
         return energy_threshold_plan(self.spectra, geoms, self.scheme, energy)
 
@@ -306,9 +321,10 @@ class Planner:
             layers.append(
                 {
                     "name": lo.name,
-                    "conv": lc.probe.describe(),
+                    "kind": "linear" if isinstance(lc.probe, LinearProbe) else "conv",
+                    "shape": lc.probe.describe(),
                     "rank": rank,
-                    "full_rank": trp_zoo.get_scheme(self.scheme).full_rank(lc.probe.geom),
+                    "full_rank": trp_zoo.get_scheme(lc.probe.scheme).full_rank(lc.probe.geom),
                     "energy": sel.energy[lo.name],
                     "sensitivity": (
                         None

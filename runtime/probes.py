@@ -1,4 +1,12 @@
-"""Probe graphs: one conv, or its factorized pair, as a small ONNX model to time alone.
+"""Probe graphs: one layer, or its factorized pair, as a small ONNX model to time alone.
+
+A conv probe (``LayerProbe``) is one ``Conv`` or the scheme's two, at the conv's input
+height and width. A Linear probe (``LinearProbe``) is what the exporter makes of an
+``nn.Linear`` and of a ``FactorizedLinear``: ``MatMul`` by the transposed weight (then
+``Add`` of the bias), or ``MatMul`` by ``A^T``, ``MatMul`` by ``B^T``, ``Add``; its input is
+``(batch, 1, tokens, in_features)``, the same GEMM as the layer's real leading dimensions
+(``(batch, tokens)`` in a ViT, ``(batch, H, W)`` channels-last) with the four dimensions
+every engine input has.
 
 Weights of the probe graphs are random: fp32 kernels run at the same speed whatever
 their values (int8 probes are quantized like the model's engines). Padding modes other
@@ -10,7 +18,7 @@ input size.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -184,22 +192,93 @@ class LayerProbe:
                 )
             )
             x = out
-        shape = [batch, self.geom.in_channels, *self.input_hw]
-        graph = helper.make_graph(
+        return _probe_model(
             nodes,
-            "probe",
-            [helper.make_tensor_value_info(PROBE_INPUT, TensorProto.FLOAT, shape)],
-            [
-                helper.make_tensor_value_info(
-                    x, TensorProto.FLOAT, [batch, convs[-1].out_channels, *convs[-1].out_hw]
-                )
-            ],
             inits,
+            [batch, self.geom.in_channels, *self.input_hw],
+            x,
+            [batch, convs[-1].out_channels, *convs[-1].out_hw],
+            opset,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-        model.ir_version = min(model.ir_version, 10)  # readable by older runtimes
-        onnx.checker.check_model(model)
-        return model
+
+
+def _probe_model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    in_shape: list[int | str],
+    output: str,
+    out_shape: list[int | str],
+    opset: int,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info(PROBE_INPUT, TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 10)  # readable by older runtimes
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """A Linear to time in isolation: its geometry (the ``1 x 1`` conv it is per token,
+    ``ConvGeometry.of``) and its token count per image (``trp_zoo.lowrank.shapes``).
+
+    Linears are factorized by the channel scheme whatever the model's scheme is.
+    """
+
+    geom: ConvGeometry
+    tokens: int
+    scheme: str = field(default="channel", init=False)
+
+    def describe(self) -> str:
+        """``linear in->out x tokens``."""
+        return f"linear {self.geom.in_channels}->{self.geom.out_channels} x{self.tokens} tokens"
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "kind": "linear",
+            "scheme": self.scheme,
+            "in_features": self.geom.in_channels,
+            "out_features": self.geom.out_channels,
+            "bias": self.geom.bias,
+            "tokens": self.tokens,
+        }
+
+    def matmuls(self, rank: int | None) -> list[tuple[int, int]]:
+        """``(in, out)`` of each ``MatMul`` of the dense layer (``rank=None``) or of its
+        factorization."""
+        c, n = self.geom.in_channels, self.geom.out_channels
+        return [(c, n)] if rank is None else [(c, rank), (rank, n)]
+
+    def macs(self, rank: int | None) -> int:
+        """Multiply-adds per image of the dense layer or its rank-``rank`` factorization."""
+        return sum(conv_macs(i, o, (1, 1), self.tokens) for i, o in self.matmuls(rank))
+
+    def graph(self, rank: int | None, batch: int | str = "batch", opset: int = DEFAULT_OPSET):
+        """The probe as an ONNX model: input ``(batch, 1, tokens, in_features)``."""
+        rng = np.random.default_rng(0)
+        nodes, inits = [], []
+        x = PROBE_INPUT
+        for i, (fan_in, fan_out) in enumerate(self.matmuls(rank)):
+            w = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
+            inits.append(numpy_helper.from_array(w / np.float32(math.sqrt(fan_in)), f"w{i}"))
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"]))
+            x = f"y{i}"
+        out = self.geom.out_channels
+        if self.geom.bias:
+            inits.append(numpy_helper.from_array(np.zeros(out, np.float32), "bias"))
+            nodes.append(helper.make_node("Add", [x, "bias"], ["out"]))
+            x = "out"
+        shape: list[int | str] = [batch, 1, self.tokens]
+        return _probe_model(nodes, inits, [*shape, self.geom.in_channels], x, [*shape, out], opset)
+
+
+Probe = LayerProbe | LinearProbe
 
 
 def candidate_ranks(

@@ -58,8 +58,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Engine report: {m['source']}",
         "",
-        f"- model: `{m['architecture']}`, {m['scheme']} scheme, {m['factorized_layers']} "
-        f"factorized convs"
+        f"- model: `{m['architecture']}`, {m['scheme']} scheme, {layer_counts(m)}"
         + (
             f" (ranks padded to multiples of {m['ranks_padded_to_multiple_of']})"
             if m.get("ranks_padded_to_multiple_of", 1) > 1
@@ -123,6 +122,19 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                 f"- {name} {precision}: `{e['path']}` ({state}: {e['reason']}); ONNX `{e['onnx']}`"
             )
     return "\n".join(lines) + "\n"
+
+
+def layer_counts(model: Mapping[str, Any]) -> str:
+    """``12 factorized layers (8 convs, 4 Linears)``, from the report's model section."""
+    total = model["factorized_layers"]
+    kinds = [row["kind"] for row in model.get("layers") or []]
+    parts = [
+        f"{n} {word}{'' if n == 1 else 's'}"
+        for word, n in (("conv", kinds.count("conv")), ("Linear", kinds.count("linear")))
+        if n
+    ]
+    listed = f" ({', '.join(parts)})" if parts else ""
+    return f"{total} factorized layer{'' if total == 1 else 's'}{listed}"
 
 
 def _precision_table(report: Mapping[str, Any]) -> list[str]:

@@ -60,7 +60,7 @@ def seed_cost_cache(
 
     written = {}
     for name, probe in layer_probes(model, scheme, target.input_size).items():
-        ranks = candidate_ranks(scheme, probe.geom, rank_step)
+        ranks = candidate_ranks(probe.scheme, probe.geom, rank_step)
         costs = LayerCosts(
             dense_ms=ms(probe.macs(None), 1),
             rank_ms={r: ms(probe.macs(r), 2) for r in ranks},

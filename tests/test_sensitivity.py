@@ -88,7 +88,7 @@ class FeatureNet(nn.Module):
 
 def test_sensitivity_errors_name_the_problem() -> None:
     x = images(4)
-    with pytest.raises(ValueError, match="not conv layers of this model: fc, nope"):
+    with pytest.raises(ValueError, match=r"not conv or linear layers of this model: nope$"):
         output_sensitivity(tiny_net(), "channel", {"fc": [2], "nope": [2]}, x)
     with pytest.raises(ValueError, match=r"needs a classifier.*\(4, 16, 16, 16\)"):
         output_sensitivity(FeatureNet(), "channel", {"conv": [2]}, x)

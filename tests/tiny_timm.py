@@ -2,7 +2,8 @@
 
 Most are timm's own entrypoints with size kwargs (which travel in a checkpoint's
 ``model_args``); timm's Mixer and ResMLP entrypoints fix their width and depth, so
-tiny variants of those classes are registered here under ``tiny_test_*`` names.
+tiny variants of those classes are registered here under ``tiny_test_*`` names, as is a
+tiny ViT for commands that take a model name only (``python -m runtime.plan --model``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from timm.models import register_model
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, _create_mixer
+from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
 
 
 @register_model
@@ -64,3 +66,13 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any], tuple[int, int, int]]] = {
         (3, 64, 64),
     ),
 }
+
+
+@register_model
+def tiny_test_vit(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """timm's ViT at 32x32 with 8x8 patches (16 patches and a class token), width 64, two
+    blocks of two heads; pass ``--input-size 3 32 32`` where its data config is read."""
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+    return _create_vision_transformer(
+        "vit_tiny_patch16_224", pretrained=pretrained, **{**args, **kwargs}
+    )

@@ -7,6 +7,8 @@ an extra kernel launch and an extra activation round trip. ``aligned_rank_plan``
 for a target MACs reduction, ranks that are multiples of ``multiple`` and keeps layers
 dense whose own reduction would be small; ``pad_ranks`` rounds the ranks of an already
 factorized model (e.g. TRP-trained) up to such multiples without changing its function.
+Convs and Linears alike: a Linear is ranked as the channel scheme of the ``1 x 1`` conv it
+is per token, its MACs counted over its tokens.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 from torch import nn
 
 from ..lowrank.convs import ConvGeometry
-from ..lowrank.factorized import FactorizedConv2d
+from ..lowrank.factorized import FactorizedConv2d, FactorizedLinear
+from ..lowrank.linears import LayerKind, layer_scheme
 from ..lowrank.macs import count_flops
 from ..lowrank.schemes import Scheme, get_scheme
-from ..lowrank.shapes import conv_shapes
+from ..lowrank.shapes import output_positions
 from ..modules import set_submodule
 from .layers import Patterns, select_targets
 
@@ -36,39 +39,46 @@ def aligned_rank_plan(
     min_layer_reduction: float = 1.25,
     include: Patterns = None,
     exclude: Patterns = None,
+    layers: LayerKind = "all",
 ) -> dict[str, int]:
     """A ``{layer: rank}`` plan cutting the model's MACs by at least ``macs_reduction``.
 
-    Every layer gets ``alpha * full_rank`` rounded to a multiple of ``multiple`` (at least
-    ``multiple``), with the largest ``alpha`` that still reaches the target; layers whose
-    own MACs would drop less than ``min_layer_reduction`` times stay dense (as do 1-wide
-    kernels under the spatial scheme). Then ranks are raised one step at a time, cheapest
-    step first, while the target still holds, to land as close to it as the steps allow.
-    The plan is structural (no singular values): for deployment and speed measurements.
+    Candidates are the layers of kind ``layers`` (``conv``, ``linear`` or ``all``) that
+    ``decompose`` would target. Every layer gets ``alpha * full_rank`` rounded to a
+    multiple of ``multiple`` (at least ``multiple``), with the largest ``alpha`` that still
+    reaches the target; layers whose own MACs would drop less than ``min_layer_reduction``
+    times stay dense (as do 1-wide conv kernels under the spatial scheme). Then ranks are
+    raised one step at a time, cheapest step first, while the target still holds, to land
+    as close to it as the steps allow. The plan is structural (no singular values): for
+    deployment and speed measurements.
     """
     sch = get_scheme(scheme)
-    convs = select_targets(model, include, exclude, layers="conv")
-    if sch.name == "spatial":
-        convs = {n: c for n, c in convs.items() if min(ConvGeometry.of(c).kernel_size) > 1}
-    geoms = {n: ConvGeometry.of(c) for n, c in convs.items()}
-    pixels = {n: h * w for n, (_, (h, w)) in conv_shapes(model, convs, input_size).items()}
+    targets = select_targets(model, include, exclude, layers=layers)
+    if sch.name == "spatial":  # 1-wide conv kernels have no spatial split
+        targets = {
+            n: m
+            for n, m in targets.items()
+            if isinstance(m, nn.Linear) or min(ConvGeometry.of(m).kernel_size) > 1
+        }
+    geoms = {n: ConvGeometry.of(m) for n, m in targets.items()}
+    schemes = {n: layer_scheme(m, sch) for n, m in targets.items()}
+    pixels = output_positions(model, targets, input_size)
     dense_total = count_flops(model, input_size)
 
     def saving(name: str, rank: int) -> int:
-        g = geoms[name]
-        return (sch.dense_macs_per_pixel(g) - sch.factorized_macs_per_pixel(g, rank)) * pixels[name]
+        g, s = geoms[name], schemes[name]
+        return (s.dense_macs_per_pixel(g) - s.factorized_macs_per_pixel(g, rank)) * pixels[name]
 
     def worth_it(name: str, rank: int) -> bool:
-        g = geoms[name]
-        dense = sch.dense_macs_per_pixel(g)
-        return rank <= sch.full_rank(
-            g
-        ) and dense >= min_layer_reduction * sch.factorized_macs_per_pixel(g, rank)
+        g, s = geoms[name], schemes[name]
+        dense, low = s.dense_macs_per_pixel(g), s.factorized_macs_per_pixel(g, rank)
+        return rank <= s.full_rank(g) and dense >= min_layer_reduction * low
 
     def plan_for(alpha: float) -> dict[str, int]:
         plan = {}
         for name, g in geoms.items():
-            rank = max(multiple, round(alpha * sch.full_rank(g) / multiple) * multiple)
+            full = schemes[name].full_rank(g)
+            rank = max(multiple, round(alpha * full / multiple) * multiple)
             if worth_it(name, rank):
                 plan[name] = rank
         return plan
@@ -115,7 +125,11 @@ def padded_rank(scheme: str | Scheme, geom: ConvGeometry, rank: int, multiple: i
 def padded_plan(
     plan: Mapping[str, int], geoms: Mapping[str, ConvGeometry], scheme: str, multiple: int = 16
 ) -> dict[str, int]:
-    """The ranks ``pad_ranks`` gives a model factorized by ``plan`` (same speed as it)."""
+    """The ranks ``pad_ranks`` gives a model factorized by ``plan`` (same speed as it).
+
+    ``geoms``: each layer's ``ConvGeometry.of``; a Linear's is a ``1 x 1`` stride-1 conv's,
+    which the channel and spatial schemes price alike, so it pads as ``pad_ranks`` pads it.
+    """
     return {n: padded_rank(scheme, geoms[n], r, multiple) for n, r in plan.items()}
 
 
@@ -125,30 +139,29 @@ def pad_ranks(model: nn.Module, multiple: int = 16) -> nn.Module:
 
     The added rank components are zero (zero rows in ``first``, zero columns in
     ``second``), so the model computes exactly the same function; it only gets
-    hardware-friendly channel counts. A layer is left as it is when the padded rank would
-    no longer lower its MACs.
+    hardware-friendly channel counts. A layer (``FactorizedConv2d`` or ``FactorizedLinear``)
+    is left as it is when the padded rank would no longer lower its MACs.
     """
     if multiple < 1:
         raise ValueError(f"multiple must be >= 1, got {multiple}")
     new = copy.deepcopy(model)
     for name, layer in list(new.named_modules()):
-        if not isinstance(layer, FactorizedConv2d):
+        if not isinstance(layer, (FactorizedConv2d, FactorizedLinear)):
             continue
-        scheme = get_scheme(layer.scheme)
+        scheme = "channel" if isinstance(layer, FactorizedLinear) else layer.scheme
         rank = padded_rank(scheme, layer.geom, layer.rank, multiple)
         if rank == layer.rank:
             continue
-        first, second = layer.first.weight, layer.second.weight
-        pad_first = first.new_zeros((rank - layer.rank, *first.shape[1:]))
+        first, second = layer.first.weight.detach(), layer.second.weight.detach()
+        first = torch.cat([first, first.new_zeros((rank - layer.rank, *first.shape[1:]))])
         pad_second = second.new_zeros((second.shape[0], rank - layer.rank, *second.shape[2:]))
-        bias = layer.second.bias.detach() if layer.second.bias is not None else None
-        padded = FactorizedConv2d.from_factors(
-            layer.geom,
-            scheme,
-            torch.cat([first.detach(), pad_first]),
-            torch.cat([second.detach(), pad_second], dim=1),
-            bias,
-        )
+        second = torch.cat([second, pad_second], dim=1)
+        bias = layer.bias.detach() if layer.bias is not None else None
+        padded: FactorizedConv2d | FactorizedLinear
+        if isinstance(layer, FactorizedLinear):
+            padded = FactorizedLinear.from_factors(first, second, bias)
+        else:
+            padded = FactorizedConv2d.from_factors(layer.geom, scheme, first, second, bias)
         padded.train(layer.training)
         set_submodule(new, name, padded)
     return new

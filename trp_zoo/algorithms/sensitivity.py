@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..lowrank.convs import effective_weight
+from ..lowrank.linears import effective_weight, layer_scheme
 from ..lowrank.schemes import get_scheme
 from ..lowrank.svd import svd
 from ..modules import set_submodule
-from .decompose import factorize_conv
+from .decompose import factorize_layer
 
 
 def _log_probs(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
@@ -54,7 +54,8 @@ def output_sensitivity(
 ) -> dict[str, dict[int, float]]:
     """``{layer: {rank: mean KL(dense || layer truncated to rank)}}`` over ``images``.
 
-    ``ranks`` names the conv layers and the ranks to try; ``images`` is a preprocessed
+    ``ranks`` names the conv and Linear layers and the ranks to try (a conv is factorized
+    by ``scheme``, a Linear by the channel scheme); ``images`` is a preprocessed
     ``(N, C, H, W)`` batch as the model expects. The model is left as it was.
     """
     if images.dim() != 4 or len(images) == 0:
@@ -65,9 +66,9 @@ def output_sensitivity(
     was_training = model.training
     model.eval()
     modules = dict(model.named_modules())
-    missing = [name for name in ranks if not isinstance(modules.get(name), nn.Conv2d)]
+    missing = [name for name in ranks if not isinstance(modules.get(name), (nn.Conv2d, nn.Linear))]
     if missing:
-        raise ValueError(f"not conv layers of this model: {', '.join(missing)}")
+        raise ValueError(f"not conv or linear layers of this model: {', '.join(missing)}")
     dense = _log_probs(model, images, batch_size)
     wanted = {name: sorted({int(r) for r in rs}) for name, rs in ranks.items()}
     result: dict[str, dict[int, float]] = {name: {} for name in wanted}
@@ -75,15 +76,16 @@ def output_sensitivity(
     bar = tqdm(total=total, desc="sensitivity", disable=not progress, leave=False)
     try:
         for name, layer_ranks in wanted.items():
-            conv = modules[name]
-            assert isinstance(conv, nn.Conv2d)
-            factors = svd(sch.to_matrix(effective_weight(conv)))
+            layer = modules[name]
+            assert isinstance(layer, (nn.Conv2d, nn.Linear))
+            lsch = layer_scheme(layer, sch)
+            factors = svd(lsch.to_matrix(effective_weight(layer)))
             for rank in layer_ranks:
-                set_submodule(model, name, factorize_conv(conv, sch, factors, rank))
+                set_submodule(model, name, factorize_layer(layer, lsch, factors, rank))
                 try:
                     out = _log_probs(model, images, batch_size)
                 finally:
-                    set_submodule(model, name, conv)
+                    set_submodule(model, name, layer)
                 kl = F.kl_div(out, dense, log_target=True, reduction="batchmean")
                 result[name][rank] = max(float(kl), 0.0)
                 bar.update()

@@ -42,7 +42,7 @@ class ConvGeometry:
     def of(cls, conv: nn.Conv2d | nn.Linear) -> ConvGeometry:
         """The geometry of a conv, or of the ``1 x 1`` conv an ``nn.Linear`` is per token."""
         if isinstance(conv, nn.Linear):
-            return cls(conv.in_features, conv.out_features, (1, 1), bias=conv.bias is not None)
+            return cls.of_linear(conv.in_features, conv.out_features, conv.bias is not None)
         return cls(
             in_channels=conv.in_channels,
             out_channels=conv.out_channels,
@@ -54,6 +54,11 @@ class ConvGeometry:
             bias=conv.bias is not None,
             dynamic_same=isinstance(conv, _DYNAMIC_SAME),
         )
+
+    @classmethod
+    def of_linear(cls, in_features: int, out_features: int, bias: bool) -> ConvGeometry:
+        """The ``1 x 1`` stride-1 conv a Linear ``in_features -> out_features`` is per token."""
+        return cls(in_features, out_features, (1, 1), bias=bias)
 
     def to_dict(self) -> dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}

@@ -124,6 +124,11 @@ class FactorizedLinear(nn.Module):
         return self.second.out_features
 
     @property
+    def geom(self) -> ConvGeometry:
+        """The geometry of the ``1 x 1`` conv the replaced Linear is per token."""
+        return ConvGeometry.of_linear(self.in_features, self.out_features, self.bias is not None)
+
+    @property
     def weight(self) -> Tensor:
         """The equivalent dense ``out x in`` weight, computed on access (differentiable)."""
         return self.second.weight @ self.first.weight
