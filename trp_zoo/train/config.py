@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..lowrank.linears import LAYER_KINDS, LayerKind
 from ..lowrank.schemes import SCHEMES
 from ..lowrank.svd import METHODS
 from .data import DATASETS
@@ -28,6 +29,7 @@ class TrainConfig:
     # TRP
     trp: bool = True
     project: bool = True  # False: nuclear-norm regularization only
+    layers: LayerKind = "all"  # which layers TRP trains low-rank: conv, linear or all
     scheme: str = "channel"
     energy: float = 0.9
     period: int = 20
@@ -143,6 +145,12 @@ def _add_trp_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     """TRP's options, rank plans and the ``--target-latency`` plan."""
     _bool_flag(g, "trp", d.trp, "train with TRP (--no-trp: plain dense training)")
     _bool_flag(g, "project", d.project, "low-rank projection (--no-project: nuclear norm only)")
+    g.add_argument(
+        "--layers",
+        default=d.layers,
+        metavar="{" + ",".join(LAYER_KINDS) + "}",
+        help="layers TRP trains low-rank and the end decomposes (stem and classifier stay dense)",
+    )
     g.add_argument("--scheme", choices=sorted(SCHEMES), default=d.scheme)
     g.add_argument("--energy", type=float, default=d.energy, help="energy kept by the projection")
     g.add_argument(
@@ -200,6 +208,8 @@ def validate(cfg: TrainConfig) -> None:
     problems = []
     if cfg.dataset not in DATASETS:
         problems.append(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
+    if cfg.layers not in LAYER_KINDS:
+        problems.append(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {cfg.layers!r}")
     if not 0.0 < cfg.energy <= 1.0:
         problems.append(f"--energy must be in (0, 1], got {cfg.energy}")
     for name in ("period", "epochs", "batch_size", "eval_batch_size", "accum_steps"):
@@ -221,6 +231,11 @@ def validate(cfg: TrainConfig) -> None:
             problems.append("give --rank-plan or --target-latency, not both")
         if not cfg.trp:
             problems.append("--target-latency caps TRP's ranks: it needs --trp")
+        if cfg.layers != "all":
+            problems.append(
+                "--target-latency plans over every conv and Linear: use --layers all, or cap "
+                "the ranks of one kind with --rank-plan"
+            )
     if cfg.target_sensitivity_images < 0:
         problems.append(
             f"--target-sensitivity-images must be >= 0, got {cfg.target_sensitivity_images}"
