@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timm.utils import ParseKwargs
+
 from ..lowrank.linears import LAYER_KINDS, LayerKind
 from ..lowrank.schemes import SCHEMES
 from ..lowrank.svd import METHODS
@@ -78,6 +80,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+class _ParseModelKwargs(ParseKwargs):
+    """timm's ``--model-kwargs KEY=VALUE ...``, with a usage error for a pair without ``=``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        bad = [v for v in values or () if v and "=" not in v]
+        if bad:
+            parser.error(f"{option_string} takes KEY=VALUE pairs, e.g. depth=6; got {bad[0]!r}")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _bool_flag(parser: argparse._ActionsContainer, name: str, default: bool, help: str) -> None:
     parser.add_argument(
         f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help
@@ -96,6 +108,14 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model, help="timm architecture")
+    g.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        action=_ParseModelKwargs,
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
+        help=f"timm.create_model kwargs (Python literals), over the recipe's {d.model_kwargs}",
+    )
     g.add_argument(
         "--pretrained",
         default=d.pretrained,
@@ -195,6 +215,8 @@ def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainCo
         values["pretrained"] = None
     if str(values.get("model_name")).lower() == "none":  # '' is refused, not skipped
         values["model_name"] = None
+    if "model_kwargs" in values:  # --model-kwargs adds to (or overrides) the recipe's
+        values["model_kwargs"] = {**defaults.model_kwargs, **values["model_kwargs"]}
     cfg = dataclasses.replace(defaults, **values)
     validate(cfg)
     if cfg.model_name and "{scheme}" in cfg.model_name:
