@@ -176,3 +176,41 @@ def test_unknown_layers_is_refused_before_training(tmp_path: Path) -> None:
         "fashion_mnist_vit.py: error: --layers must be one of conv, linear, all, got 'bogus'"
     )
     assert not out.exists()  # refused before the run created anything
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            ["--layers", "linear", "--rank-plan", "PLAN"],
+            "error: --rank-plan names 'stages.1.downsample.1', which --layers linear leaves out: "
+            "drop it from the plan or use --layers all",
+        ),
+        (
+            ["--layers", "conv", "--target-latency", "0.5"],
+            "error: --target-latency plans over every conv and Linear: "
+            "use --layers all, or cap the ranks of one kind with --rank-plan",
+        ),
+    ],
+)
+def test_layers_conflicts_are_refused_before_training(
+    fmnist: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    expected: str,
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"stages.0.blocks.0.mlp.fc1": 4, "stages.1.downsample.1": 4}))
+    out = tmp_path / "run"
+    argv = [
+        *("--data-dir", str(fmnist), "--output-dir", str(out), *QUICK.split()),
+        *[str(plan) if e == "PLAN" else e for e in extra],
+    ]
+    defaults = recipe_defaults("fashion_mnist_convnext.py")
+    with pytest.raises(SystemExit) as exc:
+        run_recipe(defaults, "fashion_mnist_convnext.py", argv)
+    # a usage error (exit 2) prints its line to stderr; a later refusal is the exit message
+    message = capsys.readouterr().err.strip() if exc.value.code == 2 else str(exc.value.code)
+    assert message.splitlines()[-1].endswith(expected)
+    assert not (out / "checkpoints").exists()
