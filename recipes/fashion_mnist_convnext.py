@@ -4,9 +4,11 @@ timm's ConvNeXt (``convnext_atto`` resized by ``model_kwargs``, which travel in 
 checkpoint's ``config.json``) with ``conv_mlp=False``: each block's MLP is a pair of
 ``nn.Linear`` on channels-last maps. At 28x28 the ImageNet layout (a 4x4 patch stem, then
 7, 3, 1 and 0 pixels) has nothing left to see, so the stem is a 1x1 conv (``patch_size=1``)
-and the four stages see 28x28, 14x14, 7x7 and 3x3 maps (widths 24 to 192, depths 1-1-2-1;
+and the four stages see 28x28, 14x14, 7x7 and 3x3 maps (widths 16 to 128, depths 1-1-2-1;
 a 3x3 depthwise kernel on the last). TRP trains the MLP Linears and the 2x2 downsampling
 convs low-rank; the stem, the depthwise convs and the head stay dense.
+An epoch of the 60k training images takes about 3 minutes on 2 CPU cores with TRP on
+(178 s measured, 2026-12-02).
 
 Optimizer: ConvNeXt's own recipe, scaled to this size: AdamW (decoupled weight decay
 0.05, none on biases and norms), lr 1e-3 for batch 128 with a 1-epoch warmup and a cosine
@@ -23,7 +25,7 @@ DEFAULTS = TrainConfig(
     model="convnext_atto",
     model_kwargs={
         "depths": [1, 1, 2, 1],
-        "dims": [24, 48, 96, 192],
+        "dims": [16, 32, 64, 128],
         "patch_size": 1,
         "kernel_sizes": [7, 7, 7, 3],
         "conv_mlp": False,

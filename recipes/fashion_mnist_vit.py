@@ -2,8 +2,10 @@
 
 timm's ``vit_tiny_patch16_224`` resized by ``model_kwargs`` (they travel in the
 checkpoint's ``config.json``): 4x4 patches (a 7x7 grid of tokens plus the class token),
-width 128, 4 blocks of 4 heads. TRP trains every Linear low-rank (``qkv``, ``attn.proj``,
+width 96, 4 blocks of 3 heads. TRP trains every Linear low-rank (``qkv``, ``attn.proj``,
 ``mlp.fc1``, ``mlp.fc2``); the patch embedding (the stem) and the head stay dense.
+An epoch of the 60k training images takes about 2.5 minutes on 2 CPU cores with TRP on
+(141 s measured, 2026-12-02).
 
 Optimizer: a ViT from scratch has no convolutional prior and trains badly with SGD at
 lr 0.1, so the defaults are the DeiT recipe's, scaled to this size: AdamW (per-weight step
@@ -22,7 +24,7 @@ from trp_zoo.train.recipe import main
 
 DEFAULTS = TrainConfig(
     model="vit_tiny_patch16_224",
-    model_kwargs={"img_size": 28, "patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4},
+    model_kwargs={"img_size": 28, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3},
     dataset="fashion_mnist",
     layers="all",
     scheme="channel",
