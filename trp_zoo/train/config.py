@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timm.utils import ParseKwargs
+
+from ..lowrank.linears import LAYER_KINDS, LayerKind
 from ..lowrank.schemes import SCHEMES
 from ..lowrank.svd import METHODS
 from .data import DATASETS
@@ -28,6 +31,7 @@ class TrainConfig:
     # TRP
     trp: bool = True
     project: bool = True  # False: nuclear-norm regularization only
+    layers: LayerKind = "all"  # which layers TRP trains low-rank: conv, linear or all
     scheme: str = "channel"
     energy: float = 0.9
     period: int = 20
@@ -80,6 +84,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+class _ParseModelKwargs(ParseKwargs):
+    """timm's ``--model-kwargs KEY=VALUE ...``, with a usage error for a pair without ``=``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        bad = [v for v in values or () if v and "=" not in v]
+        if bad:
+            parser.error(f"{option_string} takes KEY=VALUE pairs, e.g. depth=6; got {bad[0]!r}")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _bool_flag(parser: argparse._ActionsContainer, name: str, default: bool, help: str) -> None:
     parser.add_argument(
         f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help
@@ -98,6 +112,14 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model, help="timm architecture")
+    g.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        action=_ParseModelKwargs,
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
+        help=f"timm.create_model kwargs (Python literals), over the recipe's {d.model_kwargs}",
+    )
     g.add_argument(
         "--pretrained",
         default=d.pretrained,
@@ -161,6 +183,12 @@ def _add_trp_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     """TRP's options, rank plans and the ``--target-latency`` plan."""
     _bool_flag(g, "trp", d.trp, "train with TRP (--no-trp: plain dense training)")
     _bool_flag(g, "project", d.project, "low-rank projection (--no-project: nuclear norm only)")
+    g.add_argument(
+        "--layers",
+        default=d.layers,
+        metavar="{" + ",".join(LAYER_KINDS) + "}",
+        help="layers TRP trains low-rank and the end decomposes (stem and classifier stay dense)",
+    )
     g.add_argument("--scheme", choices=sorted(SCHEMES), default=d.scheme)
     g.add_argument("--energy", type=float, default=d.energy, help="energy kept by the projection")
     g.add_argument(
@@ -206,6 +234,8 @@ def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainCo
             values[name] = None
     if str(values.get("model_name")).lower() == "none":  # '' is refused, not skipped
         values["model_name"] = None
+    if "model_kwargs" in values:  # --model-kwargs adds to (or overrides) the recipe's
+        values["model_kwargs"] = {**defaults.model_kwargs, **values["model_kwargs"]}
     cfg = dataclasses.replace(defaults, **values)
     validate(cfg)
     if cfg.model_name and "{scheme}" in cfg.model_name:
@@ -219,6 +249,8 @@ def validate(cfg: TrainConfig) -> None:
     problems = []
     if cfg.dataset not in DATASETS:
         problems.append(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
+    if cfg.layers not in LAYER_KINDS:
+        problems.append(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {cfg.layers!r}")
     if not 0.0 < cfg.energy <= 1.0:
         problems.append(f"--energy must be in (0, 1], got {cfg.energy}")
     for name in ("period", "epochs", "batch_size", "eval_batch_size", "accum_steps"):
@@ -240,6 +272,11 @@ def validate(cfg: TrainConfig) -> None:
             problems.append("give --rank-plan or --target-latency, not both")
         if not cfg.trp:
             problems.append("--target-latency caps TRP's ranks: it needs --trp")
+        if cfg.layers != "all":
+            problems.append(
+                "--target-latency plans over every conv and Linear: use --layers all, or cap "
+                "the ranks of one kind with --rank-plan"
+            )
     if cfg.target_sensitivity_images < 0:
         problems.append(
             f"--target-sensitivity-images must be >= 0, got {cfg.target_sensitivity_images}"

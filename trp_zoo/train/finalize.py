@@ -119,7 +119,8 @@ def _decompose_and_evaluate(
         )
         trainer.log(results["note"])
     if plan:
-        low = decompose(model, cfg.scheme, rank=plan)
+        # the plan's layers are TRP's targets, already of the --layers kind
+        low = decompose(model, cfg.scheme, rank=plan, layers=cfg.layers)
         _, low_top1 = trainer.evaluate(low)
         cost = compare_cost(model, low, input_size)
         results["dense"].update(macs=cost.dense_macs, params=cost.dense_params)
@@ -210,7 +211,7 @@ def save_model(trainer: Trainer, low: torch.nn.Module, results: dict[str, Any]) 
         "processes": trainer.info.world_size,
         **{
             k: getattr(cfg, k)
-            for k in ("scheme", "energy", "period", "nuclear_weight", "lr", "batch_size")
+            for k in ("scheme", "layers", "energy", "period", "nuclear_weight", "lr", "batch_size")
         },
     }
     return save_pretrained(

@@ -98,7 +98,7 @@ def run_recipe(
             raise SystemExit(f"error: {err}") from None
         try:
             trainer.fit()
-        except (FileExistsError, CheckpointWriteError) as err:
+        except (FileExistsError, CheckpointWriteError, ZooError) as err:
             raise SystemExit(f"error: {err}") from None
         return finalize(trainer, recipe)
     finally:

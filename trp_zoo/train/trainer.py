@@ -21,7 +21,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..algorithms.decompose import validated_plan
+from ..algorithms.layers import kind_layers
 from ..algorithms.trp import TRP
+from ..errors import CheckpointError
 from ..fileio import write_json, write_text
 from ..modules import unwrap_model
 from .config import TrainConfig, load_rank_plan
@@ -163,9 +166,12 @@ class Trainer:
         self.steps_run = 0  # optimizer steps taken by this process (after any resume)
 
     def _trp_hook(self) -> TRP:
-        """The TRP hook, its ranks capped by ``--rank-plan`` or the ``--target-latency`` plan."""
+        """The TRP hook on the ``--layers`` kind, its ranks capped by ``--rank-plan`` or the
+        ``--target-latency`` plan."""
         cfg = self.cfg
         plan = load_rank_plan(cfg.rank_plan_file) if cfg.rank_plan_file else None
+        if plan is not None:
+            self._check_plan_kind(plan)
         if cfg.target_latency is not None:
             self.target_plan = self._plan_for_target()
             plan = self.target_plan["plan"]
@@ -178,7 +184,20 @@ class Trainer:
             plan=plan,
             method=cfg.svd_method,  # type: ignore[arg-type]
             project=cfg.project,
+            layers=cfg.layers,
         )
+
+    def _check_plan_kind(self, plan: dict[str, int]) -> None:
+        """A ``--rank-plan`` selects its layers by name: refuse one of the kind ``--layers``
+        leaves out."""
+        layers = self.cfg.layers
+        kept = kind_layers(self.module, layers)
+        other = [n for n in validated_plan(plan) if n in kind_layers(self.module) and n not in kept]
+        if other:
+            raise ValueError(
+                f"--rank-plan names {other[0]!r}, which --layers {layers} leaves out: drop it "
+                "from the plan or use --layers all"
+            )
 
     def _plan_for_target(self) -> dict[str, Any]:
         """The ``--target-latency`` plan: chosen once from the starting weights (rank 0) and
@@ -246,6 +265,12 @@ class Trainer:
         ckpt = load_latest(self.out)
         if ckpt is None:
             return False
+        trained = ckpt["config"].get("layers", "all")  # checkpoints from before --layers: all
+        if trained != self.cfg.layers:
+            raise CheckpointError(
+                f"{ckpt['path']} was trained with --layers {trained}: resume with --layers "
+                f"{trained}, or start a new run in another --output-dir"
+            )
         self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

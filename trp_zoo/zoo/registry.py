@@ -123,6 +123,36 @@ _ENTRIES = (
         *_FMNIST,
         "recipes/fashion_mnist_resnet18.py",
     ),
+    # models with Linear layers (the paper has no result for them: no targets)
+    _entry(
+        "deit_small_trp_ch",
+        "deit_small_patch16_224",
+        "channel",
+        *_IMAGENET,
+        "recipes/imagenet_deit_small.py",
+    ),
+    _entry(
+        "convnext_tiny_trp_ch",
+        "convnext_tiny",
+        "channel",
+        *_IMAGENET,
+        "recipes/imagenet_convnext_tiny.py",
+    ),
+    # resized by the recipe's model_kwargs (they travel in the checkpoint's config.json)
+    _entry(
+        "vit_trp_ch_fmnist",
+        "vit_tiny_patch16_224",
+        "channel",
+        *_FMNIST,
+        "recipes/fashion_mnist_vit.py",
+    ),
+    _entry(
+        "convnext_trp_ch_fmnist",
+        "convnext_atto",
+        "channel",
+        *_FMNIST,
+        "recipes/fashion_mnist_convnext.py",
+    ),
 )
 
 REGISTRY: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
