@@ -1,21 +1,25 @@
-"""The paper's comparison on Fashion-MNIST with timm resnet18, one training budget for all.
+"""The paper's comparison on Fashion-MNIST, one training budget for all rows.
 
-Rows (each trained with the recipe, ``recipes/fashion_mnist_resnet18.py``, for the same
-epochs, batch size, optimizer and schedule):
+``--recipe`` picks the model: ``resnet18`` (``recipes/fashion_mnist_resnet18.py``, the
+default), ``vit`` or ``convnext`` (``recipes/fashion_mnist_{vit,convnext}.py``, whose
+compute sits in ``nn.Linear``). Rows, each trained with the recipe for the same epochs,
+batch size, optimizer and schedule:
 
 1. dense baseline (no TRP);
-2. nuclear-norm regularization only, then decomposed at the same energy as TRP;
-3. TRP + nuclear norm, channel scheme;
-4. TRP + nuclear norm, spatial scheme;
-5. the dense baseline decomposed directly by SVD (channel, one energy threshold for
-   every layer, found by bisection so its MACs match row 3), without fine-tuning;
+2. nuclear-norm regularization only, then decomposed at the same energy as TRP (resnet18);
+3. TRP + nuclear norm, channel scheme (the only form of a Linear);
+4. TRP + nuclear norm, spatial scheme (resnet18);
+5. the dense baseline decomposed directly by SVD (one energy threshold for every layer
+   TRP targets, found by bisection so its MACs match row 3), without fine-tuning;
 6. row 5 after a short fine-tune (``--finetune-epochs``).
 
-Writes ``benchmarks/results/fashion_mnist_table.{json,md}``. Training runs live in
-``--work-dir`` and are reused (or resumed after a kill) on the next call, so the table
-can be built in stages. Long: about an hour per 10-epoch budget on 2 CPU cores.
+Writes ``benchmarks/results/fashion_mnist_table.{json,md}`` (``fashion_mnist_table_vit``
+etc. for the others). Training runs live in ``--work-dir`` and are reused (or resumed
+after a kill) on the next call, so the table can be built in stages. Long: about an
+hour per 10-epoch budget on 2 CPU cores.
 
     python benchmarks/fashion_mnist_table.py --epochs 10
+    python benchmarks/fashion_mnist_table.py --recipe vit --epochs 10
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fmnist_runs import DEFAULTS, ROOT, train_row, trained_dense
+from fmnist_runs import FMNIST_RECIPES, ROOT, FmnistRecipe
 
 import trp_zoo
 from trp_zoo import EnergyThreshold, compare_cost, decompose, rank_plan
 from trp_zoo.algorithms.rank_selection import energy_for_macs
 from trp_zoo.fileio import write_json, write_text
+from trp_zoo.lowrank.linears import LayerKind
 from trp_zoo.train.data import build_data
 from trp_zoo.train.distributed import init_distributed
 from trp_zoo.train.resume import load_latest
@@ -45,12 +50,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def svd_energy_for_macs(
-    model: torch.nn.Module, target_macs: int, input_size: tuple[int, int, int]
+    model: torch.nn.Module,
+    target_macs: int,
+    input_size: tuple[int, int, int],
+    layers: LayerKind,
 ) -> float:
     """The energy threshold whose direct SVD of ``model`` reaches ``target_macs``."""
 
     def macs_at(energy: float) -> int:
-        low = decompose(model, "channel", rank=EnergyThreshold(energy), method="gram")
+        rank = EnergyThreshold(energy)
+        low = decompose(model, "channel", rank=rank, method="gram", layers=layers)
         return trp_zoo.count_flops(low, input_size)
 
     return energy_for_macs(macs_at, target_macs, low=0.05, high=0.99999, steps=30)
@@ -60,15 +69,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--recipe", choices=sorted(FMNIST_RECIPES), default="resnet18")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--energy", type=float, default=DEFAULTS.energy)
-    parser.add_argument("--period", type=int, default=DEFAULTS.period)
-    parser.add_argument("--nuclear-weight", type=float, default=DEFAULTS.nuclear_weight)
+    parser.add_argument("--energy", type=float, help="default: the recipe's")
+    parser.add_argument("--period", type=int, help="default: the recipe's")
+    parser.add_argument("--nuclear-weight", type=float, help="default: the recipe's")
     parser.add_argument("--finetune-epochs", type=int, default=1)
-    parser.add_argument("--finetune-lr", type=float, default=0.01)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "fashion_mnist_table")
-    parser.add_argument("--output", type=Path, default=RESULTS / "fashion_mnist_table")
+    parser.add_argument("--finetune-lr", type=float, help="default: 0.1 of the recipe's lr")
+    parser.add_argument("--work-dir", type=Path, help="default: runs/fashion_mnist_table[_RECIPE]")
+    parser.add_argument("--output", type=Path, help="default: benchmarks/results/ the same name")
     args = parser.parse_args()
+    recipe = FmnistRecipe(FMNIST_RECIPES[args.recipe])
+    d = recipe.defaults
+    suffix = "" if args.recipe == "resnet18" else f"_{args.recipe}"
+    args.energy = d.energy if args.energy is None else args.energy
+    args.period = d.period if args.period is None else args.period
+    args.nuclear_weight = d.nuclear_weight if args.nuclear_weight is None else args.nuclear_weight
+    args.finetune_lr = d.lr / 10 if args.finetune_lr is None else args.finetune_lr
+    args.work_dir = args.work_dir or ROOT / "runs" / f"fashion_mnist_table{suffix}"
+    args.output = args.output or RESULTS / f"fashion_mnist_table{suffix}"
 
     common = [
         "--epochs",
@@ -86,38 +105,41 @@ def main() -> None:
     start = time.time()
     rows: dict[str, dict[str, Any]] = {}
     # the rows the headline claim needs come first; the table is rewritten after each row
-    runs = {
-        "dense": ["--no-trp"],
-        "trp_channel": ["--scheme", "channel"],
-        "nuclear_only": ["--no-project", "--scheme", "channel"],
-        "trp_spatial": ["--scheme", "spatial"],
-    }
+    runs = {"dense": ["--no-trp"], "trp_channel": ["--scheme", "channel"]}
+    if args.recipe == "resnet18":  # a Linear has one factorized form, no spatial scheme
+        runs |= {
+            "nuclear_only": ["--no-project", "--scheme", "channel"],
+            "trp_spatial": ["--scheme", "spatial"],
+        }
     trp_tag = f"ep{args.epochs}_en{args.energy}_p{args.period}_nw{args.nuclear_weight}"
     direct: dict[str, Any] = {}
     for name, extra in runs.items():
         tag = f"ep{args.epochs}" if name == "dense" else trp_tag  # runs are reused per setting
-        rows[name] = train_row(f"{name}_{tag}", args.work_dir, common, extra)
+        rows[name] = recipe.train_row(f"{name}_{tag}", args.work_dir, common, extra)
         if name == "trp_channel":
-            direct = direct_svd(args, rows, trp_tag)
-        write_table(args, rows, direct, start)
+            direct = direct_svd(args, recipe, rows, trp_tag)
+        write_table(args, recipe, rows, direct, start, expected=len(runs) + 2)
 
 
-def direct_svd(args: argparse.Namespace, rows: dict[str, Any], trp_tag: str) -> dict[str, Any]:
+def direct_svd(
+    args: argparse.Namespace, recipe: FmnistRecipe, rows: dict[str, Any], trp_tag: str
+) -> dict[str, Any]:
     """The dense baseline decomposed by SVD at the TRP channel row's MACs: top-1 before and
     after a short fine-tune."""
     data = build_data("fashion_mnist", None)
     cfg = dataclasses.replace(
-        DEFAULTS,
+        recipe.defaults,
         trp=False,
         epochs=args.finetune_epochs,
         lr=args.finetune_lr,
+        warmup_epochs=0,
         progress=False,
         output_dir=str(args.work_dir / f"direct_svd_finetune_{trp_tag}"),
     )
-    dense = trained_dense(args.work_dir / f"dense_ep{args.epochs}", cfg)
+    dense = recipe.trained_dense(args.work_dir / f"dense_ep{args.epochs}", cfg)
     target = rows["trp_channel"]["decomposed"]["macs"]
-    energy = svd_energy_for_macs(dense, target, data.input_size)
-    direct = decompose(dense, "channel", rank=EnergyThreshold(energy))
+    energy = svd_energy_for_macs(dense, target, data.input_size, cfg.layers)
+    direct = decompose(dense, "channel", rank=EnergyThreshold(energy), layers=cfg.layers)
     info = init_distributed("cpu")
     trainer = Trainer(cfg, copy.deepcopy(direct), data, info)
     _, direct_top1 = trainer.evaluate(direct)
@@ -202,26 +224,37 @@ def table_rows(
 
 
 def write_table(
-    args: argparse.Namespace, rows: dict[str, Any], direct: dict[str, Any], start: float
+    args: argparse.Namespace,
+    recipe: FmnistRecipe,
+    rows: dict[str, Any],
+    direct: dict[str, Any],
+    start: float,
+    expected: int,
 ) -> None:
     """Write the rows trained so far to the results files (and print them)."""
     table = table_rows(args, rows, direct)
+    d = recipe.defaults
+    kwargs = "".join(f", {k}={v}" for k, v in d.model_kwargs.items())
     result = {
         "setting": {
-            "model": "timm resnet18, in_chans=1, 28x28",
+            "recipe": recipe.script,
+            "model": f"timm {d.model}(in_chans=1{kwargs}), 28x28",
+            "layers": d.layers,
             "data": "Fashion-MNIST (60k train / 10k test)",
             "epochs": args.epochs,
-            "batch_size": DEFAULTS.batch_size,
-            "lr": DEFAULTS.lr,
-            "schedule": DEFAULTS.sched,
-            "weight_decay": DEFAULTS.weight_decay,
+            "batch_size": d.batch_size,
+            "optimizer": d.opt,
+            "lr": d.lr,
+            "schedule": d.sched,
+            "warmup_epochs": d.warmup_epochs,
+            "weight_decay": d.weight_decay,
             "energy": args.energy,
             "period": args.period,
             "nuclear_weight": args.nuclear_weight,
             "direct_svd_rank_plan": direct.get("rank_plan"),
         },
         "rows": table,
-        "complete": len(table) == 6,
+        "complete": len(table) == expected,
         "command": "python benchmarks/fashion_mnist_table.py " + " ".join(sys.argv[1:]),
         "date": dt.date.today().isoformat(),
         "wall_seconds_this_call": round(time.time() - start),
@@ -237,7 +270,8 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["setting"]
     lines = [
         f"Fashion-MNIST, {s['model']}, {s['epochs']} epochs per row, batch {s['batch_size']}, "
-        f"{s['schedule']} lr {s['lr']}, energy {s['energy']}, period {s['period']}, "
+        f"{s.get('optimizer', 'sgd')} {s['schedule']} lr {s['lr']}, energy {s['energy']}, "
+        f"period {s['period']}, "
         f"nuclear weight {s['nuclear_weight']}.",
         "",
         "| row | top-1 (%) | change vs dense | MACs | MACs reduction | params |",
