@@ -1,18 +1,26 @@
 """Realized speed-up of factorized vs dense engines, next to the MACs reduction.
 
-timm resnet50 and resnet18 (random weights: speed does not depend on weight values) at
-3x224x224, batch 1 and 8, channel and spatial schemes. Rank plans come from
-``trp_zoo.algorithms.rank_alignment.aligned_rank_plan``: ranks are multiples of 16 (the
-channel block of ONNX Runtime's NCHWc layout with AVX-512, and a tensor-core friendly
-size), chosen so the
-MACs drop about 2.2x; layers whose own MACs would drop less than 1.25x stay dense. One
-row repeats resnet50/channel with unrounded ranks at the same target, to show what
-alignment is worth. The dense engine is ``trp_zoo.densify`` of the factorized model (same
-function). Both go through ``runtime``'s export and engine build, and are timed
-interleaved in one process (``runtime.latency.measure_interleaved``): the result is the
-ratio of median latencies, divided by the MACs ratio.
+timm resnet50 and resnet18, and the Linear-heavy deit_tiny_patch16_224,
+vit_small_patch16_224 and convnext_tiny (random weights: speed does not depend on weight
+values) at 3x224x224, batch 1 and 8. Two kinds of rank plan:
 
-    python benchmarks/runtime_speedup.py          # about 15 minutes on 2 CPU cores
+- ``aligned``: ``trp_zoo.algorithms.rank_alignment.aligned_rank_plan``: ranks are
+  multiples of 16 (the channel block of ONNX Runtime's NCHWc layout with AVX-512, and a
+  tensor-core friendly size), chosen so the MACs drop by the row's target; layers whose
+  own MACs would drop less than 1.25x stay dense. One row repeats resnet50/channel with
+  unrounded ranks at the same target, to show what alignment is worth.
+- ``latency``: ``runtime.planner.Planner`` on per-layer cost tables measured on this
+  target (ONNX Runtime, batch 8, one thread; ranks multiples of 16) for the row's latency
+  fraction of the dense model: the plan that keeps the most spectral energy within it.
+
+Every targeted layer is a candidate (convs and Linears but the stem and the classifier).
+The dense engine is ``trp_zoo.densify`` of the factorized model (same function). Both go
+through ``runtime``'s export and engine build, and are timed interleaved in one process
+(``runtime.latency.measure_interleaved``): the result is the ratio of median latencies,
+divided by the MACs ratio.
+
+    python benchmarks/runtime_speedup.py                    # about 30 minutes on 2 CPU cores
+    python benchmarks/runtime_speedup.py --archs vit_small_patch16_224   # redo some, keep others
 
 Writes benchmarks/results/runtime_speedup.json and .md.
 """
@@ -21,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
+from torch import nn
 
 import trp_zoo
 from runtime.backends import get_backend
@@ -34,39 +45,66 @@ from runtime.build import build_engine_file
 from runtime.engine import Engine
 from runtime.export import export_onnx
 from runtime.latency import measure_interleaved
+from runtime.planner import Planner
 from runtime.report import environment, load_average
 from runtime.spec import BuildOptions
+from runtime.target import Target
 from trp_zoo.algorithms.rank_alignment import aligned_rank_plan
 from trp_zoo.fileio import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results" / "runtime_speedup.json"
 INPUT_SIZE = (3, 224, 224)
 BATCHES = (1, 8)
-GOAL = {"arch": "resnet50", "scheme": "channel", "multiple": 16, "threads": 1, "batch": 8}
 GOAL_FRACTION = 0.9
 
-# arch, scheme, target MACs reduction, rank multiple, ONNX Runtime threads, note
-ROWS: list[tuple[str, str, float, int, int, str]] = [
-    ("resnet50", "channel", 2.2, 16, 1, ""),
-    ("resnet50", "channel", 2.2, 1, 1, "unrounded ranks, for comparison"),
-    ("resnet50", "channel", 2.2, 16, 2, "two intra-op threads"),
+PLAN_BATCH = 8  # the batch size the latency-aware plans' cost tables are measured at
+
+# arch, scheme, plan kind, target (MACs reduction for "aligned", latency fraction for
+# "latency"), rank multiple, ONNX Runtime threads, note
+ROWS: list[tuple[str, str, str, float, int, int, str]] = [
+    ("resnet50", "channel", "aligned", 2.2, 16, 1, ""),
+    ("resnet50", "channel", "aligned", 2.2, 1, 1, "unrounded ranks, for comparison"),
+    ("resnet50", "channel", "aligned", 2.2, 16, 2, "two intra-op threads"),
     (
         "resnet50",
         "spatial",
+        "aligned",
         1.6,
         16,
         1,
         "spatial factorizes only the 3x3 convs (about half of ResNet-50's MACs): 2.2x is out "
         "of reach (at most 1.72x with multiple-of-16 ranks), so the target is 1.6x",
     ),
-    ("resnet18", "channel", 2.2, 16, 1, ""),
-    ("resnet18", "spatial", 2.2, 16, 1, ""),
+    ("resnet18", "channel", "aligned", 2.2, 16, 1, ""),
+    ("resnet18", "spatial", "aligned", 2.2, 16, 1, ""),
+    ("deit_tiny_patch16_224", "channel", "aligned", 2.0, 16, 1, ""),
+    ("deit_tiny_patch16_224", "channel", "latency", 0.55, 16, 1, ""),
+    ("vit_small_patch16_224", "channel", "aligned", 2.0, 16, 1, ""),
+    ("vit_small_patch16_224", "channel", "latency", 0.55, 16, 1, ""),
+    ("convnext_tiny", "channel", "aligned", 2.0, 16, 1, ""),
+    ("convnext_tiny", "channel", "latency", 0.55, 16, 1, ""),
 ]
+
+
+def rank_plan_for(
+    model: nn.Module, scheme: str, kind: str, target: float, multiple: int, backend: str
+) -> dict[str, int]:
+    """The row's plan: aligned to a MACs reduction, or latency-aware for a latency fraction."""
+    if kind == "aligned":
+        return aligned_rank_plan(model, scheme, target, INPUT_SIZE, multiple=multiple)
+    on = Target(backend=backend, batch_size=PLAN_BATCH, input_size=INPUT_SIZE, threads=1)
+    planner = Planner(model, on, scheme, rank_step=multiple, progress=_progress)
+    return dict(planner.select(latency=target).plan)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def measure_row(
     arch: str,
     scheme: str,
+    kind: str,
     target: float,
     multiple: int,
     threads: int,
@@ -75,8 +113,9 @@ def measure_row(
     warmup: int,
     runs: int,
 ) -> dict[str, Any]:
+    torch.manual_seed(0)
     model = timm.create_model(arch).eval()
-    plan = aligned_rank_plan(model, scheme, target, INPUT_SIZE, multiple=multiple)
+    plan = rank_plan_for(model, scheme, kind, target, multiple, backend_name)
     factorized = trp_zoo.decompose(model, scheme, rank=plan, method="gram").eval()
     dense = trp_zoo.densify(factorized).eval()
     cost = trp_zoo.compare_cost(dense, factorized, INPUT_SIZE)
@@ -112,10 +151,12 @@ def measure_row(
                 "realized_fraction": round(speedup / cost.macs_reduction, 3),
             }
         )
+    layer_kinds = {type(m).__name__ for n, m in factorized.named_modules() if n in plan}
     return {
         "arch": arch,
         "scheme": scheme,
-        "target_macs_reduction": target,
+        "plan": kind,
+        "target": target,
         "multiple": multiple,
         "threads": threads,
         "backend": f"{backend.name} {backend.version()} ({backend.device()})",
@@ -123,32 +164,50 @@ def measure_row(
         "factorized_macs": cost.factorized_macs,
         "macs_reduction": round(cost.macs_reduction, 3),
         "factorized_layers": len(plan),
+        "factorized_layer_types": sorted(layer_kinds),
         "distinct_ranks": sorted(set(plan.values())),
         "load_average_1min": [load_before, load_average()],
         "batches": batches,
     }
 
 
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies a row across runs (older results have no plan kind: aligned)."""
+    target = row.get("target", row.get("target_macs_reduction"))
+    return (
+        row["arch"],
+        row["scheme"],
+        row.get("plan", "aligned"),
+        target,
+        row["multiple"],
+        row["threads"],
+    )
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| model | scheme | rank multiple | threads | batch | MACs reduction | dense p50 ms | "
-        "factorized p50 ms | speed-up | speed-up / MACs reduction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | scheme | plan | rank multiple | threads | batch | MACs reduction | "
+        "dense p50 ms | factorized p50 ms | speed-up | speed-up / MACs reduction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
+        plan = row.get("plan", "aligned")
+        target = row.get("target", row.get("target_macs_reduction"))
+        plan += f" {target}x MACs" if plan == "aligned" else f" {target} of dense latency"
         for b in row["batches"]:
             lines.append(
-                f"| {row['arch']} | {row['scheme']} | {row['multiple']} | {row['threads']} | "
+                f"| {row['arch']} | {row['scheme']} | {plan} | {row['multiple']} | "
+                f"{row['threads']} | "
                 f"{b['batch']} | {b['macs_reduction']:.2f}x | {b['dense_p50_ms']:.1f} | "
                 f"{b['factorized_p50_ms']:.1f} | {b['speedup']:.2f}x | "
                 f"{b['realized_fraction']:.2f} |"
             )
-    goal = result["goal"]
-    lines += [
-        "",
-        f"Goal: {goal['description']}: measured {goal['measured']:.2f} "
-        f"({'met' if goal['met'] else 'not met'}).",
-    ]
+    lines.append("")
+    for goal in result["goals"]:
+        lines.append(
+            f"Goal: {goal['description']}: measured {goal['measured']:.2f} "
+            f"({'met' if goal['met'] else 'not met'})."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -159,19 +218,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt")
     )
+    archs = sorted({r[0] for r in ROWS})
+    parser.add_argument("--archs", help=f"comma-separated subset of {', '.join(archs)}")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    rows = []
+    chosen = args.archs.split(",") if args.archs else archs
+    unknown = sorted(set(chosen) - set(archs))
+    if unknown:
+        parser.error(f"unknown --archs {unknown[0]!r}; choose from {', '.join(archs)}")
+    previous = json.loads(args.output.read_text()).get("rows", []) if args.output.is_file() else []
+    measured: dict[tuple[Any, ...], dict[str, Any]] = {row_key(r): r for r in previous}
     with tempfile.TemporaryDirectory() as tmp:
-        for arch, scheme, target, multiple, threads, note in ROWS:
+        for arch, scheme, kind, target, multiple, threads, note in ROWS:
+            if arch not in chosen:
+                continue
             print(
-                f"{arch} {scheme} x{target} multiple {multiple}, {threads} threads", file=sys.stderr
+                f"{arch} {scheme} {kind} {target}, multiple {multiple}, {threads} threads",
+                file=sys.stderr,
             )
             row = measure_row(
                 arch,
                 scheme,
+                kind,
                 target,
                 multiple,
                 threads,
@@ -181,51 +251,83 @@ def main(argv: list[str] | None = None) -> None:
                 args.runs,
             )
             row["note"] = note
-            rows.append(row)
-            print(to_markdown({"rows": [row], "goal": _goal(rows)}), file=sys.stderr)
+            row["command"] = f"python benchmarks/runtime_speedup.py --archs {arch}"
+            measured[row_key(row)] = row
+            print(to_markdown({"rows": [row], "goals": []}), file=sys.stderr)
+    order = [
+        row_key({"arch": a, "scheme": s, "plan": k, "target": t, "multiple": m, "threads": th})
+        for a, s, k, t, m, th, _ in ROWS
+    ]
+    rows = [measured[k] for k in order if k in measured]
     result = {
         "command": "python benchmarks/runtime_speedup.py"
         + (f" --backend {args.backend}" if args.backend != "onnxruntime" else ""),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input_size": list(INPUT_SIZE),
-        "weights": "random (timm default init); speed does not depend on weight values",
+        "weights": "random (timm default init, seed 0); speed does not depend on weight values",
         "rank_plan": (
-            "trp_zoo.algorithms.rank_alignment.aligned_rank_plan: every targeted conv (all but "
-            "the stem and the classifier; 3x3 convs only for spatial) gets rank alpha * full "
-            "rank rounded to a multiple of the row's 'multiple' (at least one multiple), with "
-            "the largest alpha whose plan cuts MACs by the target; layers whose own MACs would "
-            "drop less than 1.25x stay dense; then ranks are raised a step at a time, cheapest "
-            "first, while the target still holds. Weights factorized by truncated SVD "
-            "(trp_zoo.decompose); the dense engine runs trp_zoo.densify of the factorized "
-            "model."
+            "aligned: trp_zoo.algorithms.rank_alignment.aligned_rank_plan: every targeted layer "
+            "(convs and Linears but the stem and the classifier; 3x3 convs only for spatial) "
+            "gets rank alpha * full rank rounded to a multiple of the row's 'multiple' (at "
+            "least one multiple), with the largest alpha whose plan cuts MACs by the target; "
+            "layers whose own MACs would drop less than 1.25x stay dense; then ranks are "
+            "raised a step at a time, cheapest first, while the target still holds. latency: "
+            f"runtime.planner.Planner on cost tables measured at batch {PLAN_BATCH}, one "
+            "thread, ranks multiples of 'multiple', for the row's fraction of the dense "
+            "latency. Weights factorized by truncated SVD (trp_zoo.decompose); the dense "
+            "engine runs trp_zoo.densify of the factorized model."
         ),
         "timing": (
             f"{args.warmup} warm-up runs, then {args.runs} timed runs per engine and batch, "
             "dense and factorized interleaved (order alternating each round) in one process; "
             "ONNX Runtime with full graph optimizations, the given intra-op threads, one "
             "inter-op thread, thread spinning off (the machine is shared); speed-up = ratio "
-            "of median latencies"
+            "of median latencies. Each row records the 1-minute load average before and "
+            "after its timing, and the command that measured it."
         ),
         "environment": environment(),
         "rows": rows,
-        "goal": _goal(rows),
+        "goals": goals(rows),
     }
     write_json(args.output, result)
     write_text(args.output.with_suffix(".md"), to_markdown(result))
     print(to_markdown(result))
 
 
-def _goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    description = (
-        f"{GOAL['arch']} {GOAL['scheme']} at batch {GOAL['batch']} realizes at least "
-        f"{GOAL_FRACTION} of its MACs reduction as speed-up"
-    )
-    measured = None
-    for row in rows:
-        if all(row[k] == GOAL[k] for k in ("arch", "scheme", "multiple", "threads")):
-            measured = next(b for b in row["batches"] if b["batch"] == GOAL["batch"])
-    value = measured["realized_fraction"] if measured else float("nan")
-    return {"description": description, "measured": value, "met": bool(value >= GOAL_FRACTION)}
+GOALS = [
+    # (description, arch, scheme, plan, multiple, threads, batch)
+    ("resnet50 channel (aligned 2.2x)", "resnet50", "channel", "aligned", 16, 1, 8),
+    ("deit_tiny latency plan", "deit_tiny_patch16_224", "channel", "latency", 16, 1, 8),
+    ("vit_small latency plan", "vit_small_patch16_224", "channel", "latency", 16, 1, 8),
+    ("convnext_tiny latency plan", "convnext_tiny", "channel", "latency", 16, 1, 8),
+]
+
+
+def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal row at its batch realizes at least GOAL_FRACTION of its MACs reduction."""
+    out = []
+    for label, arch, scheme, kind, multiple, threads, batch in GOALS:
+        row = next(
+            (
+                r
+                for r in rows
+                if (r["arch"], r["scheme"], r.get("plan", "aligned"), r["multiple"], r["threads"])
+                == (arch, scheme, kind, multiple, threads)
+            ),
+            None,
+        )
+        if row is None:
+            continue
+        value = next(b for b in row["batches"] if b["batch"] == batch)["realized_fraction"]
+        out.append(
+            {
+                "description": f"{label} at batch {batch} realizes at least {GOAL_FRACTION} of "
+                "its MACs reduction as speed-up",
+                "measured": value,
+                "met": bool(value >= GOAL_FRACTION),
+            }
+        )
+    return out
 
 
 if __name__ == "__main__":
