@@ -47,7 +47,7 @@ from runtime.report import environment, load_average
 from runtime.sources import load_source
 from runtime.spec import BuildOptions
 from trp_zoo.algorithms.rank_alignment import aligned_rank_plan, pad_ranks
-from trp_zoo.fileio import write_bytes, write_json, write_text
+from trp_zoo.fileio import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results" / "int8_stack.json"
 ZOO_MODEL = "resnet18_trp_ch_fmnist"
@@ -237,12 +237,9 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from trp_zoo.train.plots import save_png  # selects matplotlib's Agg backend
 
     zoo = result["models"].get(ZOO_MODEL)
     if not zoo:
@@ -261,9 +258,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,7 +60,7 @@ from runtime.spec import BuildOptions
 from trp_zoo.algorithms.rank_alignment import pad_ranks
 from trp_zoo.algorithms.rank_selection import energy_for_macs
 from trp_zoo.data.fashion_mnist import MEAN, STD
-from trp_zoo.fileio import write_bytes, write_json, write_text
+from trp_zoo.fileio import write_json, write_text
 from trp_zoo.models.dense import create_dense_model
 from trp_zoo.train.data import build_data
 from trp_zoo.train.distributed import init_distributed
@@ -360,12 +360,9 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from trp_zoo.train.plots import save_png  # selects matplotlib's Agg backend
 
     rows = next(iter(result["seeds"].values()))
     methods = sorted({r["method"] for r in rows.values()})
@@ -385,9 +382,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("resnet18 on Fashion-MNIST, same training budget for every method")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=110)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

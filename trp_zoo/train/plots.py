@@ -15,9 +15,10 @@ import torch
 from ..fileio import atomic_path
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -35,7 +36,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_ranks(
@@ -64,7 +65,7 @@ def plot_ranks(
         ax_traj.plot(steps, frac, "-")
     ax_traj.set(xlabel="optimizer step", ylabel="mean rank / full rank", title="rank over training")
     ax_traj.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_spectra(spectra: Mapping[str, torch.Tensor], ranks: Mapping[str, int], path: Path) -> Path:
@@ -78,4 +79,4 @@ def plot_spectra(spectra: Mapping[str, torch.Tensor], ranks: Mapping[str, int], 
     ax.set(xlabel="index", ylabel="s_i / s_1", title="singular values before the final projection")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
