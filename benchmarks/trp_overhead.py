@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -175,7 +176,11 @@ def main() -> None:
         "projection_s_by_method_on_final_weights": {
             m: round(projection_cost(trained, m, args.energy), 4) for m in METHODS
         },
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "software": software_versions(),
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d"),

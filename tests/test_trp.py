@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from trp_zoo import TRP, decompose, rank_plan
+from trp_zoo import TRP, FunctionCriterion, decompose, rank_plan
 from trp_zoo.lowrank.svd import exact_svd
 
 LAMBDA = 1e-2
@@ -335,3 +335,25 @@ def test_final_projection_keeps_the_ranks_training_reached() -> None:
     assert all(cut[n] <= reached[n] for n in reached) and any(cut[n] < reached[n] for n in reached)
     with pytest.raises(ValueError, match="does not target"):
         hook.project({"0": 3})
+
+
+@pytest.mark.parametrize("project", [True, False])
+def test_projection_runs_on_one_thread_and_restores_the_count(project: bool) -> None:
+    # a busy machine makes multi-threaded LAPACK calls (eigh, qr) many times slower
+    seen: list[int] = []
+
+    def rank(s: torch.Tensor) -> int:
+        seen.append(torch.get_num_threads())
+        return 2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        # period 1: attaching projects (or takes the nuclear sub-gradient) at once
+        TRP(model, "channel", energy=FunctionCriterion(rank), period=1, project=project).attach(opt)
+        assert seen == [1, 1]  # one call per target layer, each on one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

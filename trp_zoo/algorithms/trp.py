@@ -29,7 +29,7 @@ from ..lowrank.convs import ConvGeometry, is_plain
 from ..lowrank.criteria import EnergyThreshold, FixedRank, RankCriterion
 from ..lowrank.linears import LayerKind, check_kind, layer_scheme, looked_for
 from ..lowrank.schemes import Scheme, get_scheme
-from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient
+from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient, one_thread
 from ..modules import unwrap_model
 from .decompose import validated_plan
 from .layers import Patterns, select_targets
@@ -172,6 +172,20 @@ class TRP:
         fixed: Mapping[str, int] | None = None,
     ) -> None:
         start = time.perf_counter()
+        with one_thread():
+            self._project_targets(queue_direction, projecting, fixed)
+        self._sync_ranks()
+        if queue_direction:
+            self._projected_step = self.step
+        self.projection_seconds += time.perf_counter() - start
+        self.history.append({"step": self.step, "ranks": dict(self.ranks)})
+
+    def _project_targets(
+        self,
+        queue_direction: bool,
+        projecting: bool | None,
+        fixed: Mapping[str, int] | None,
+    ) -> None:
         if projecting is None:
             projecting = self.projecting
         if not projecting:
@@ -191,11 +205,6 @@ class TRP:
                 self.tracked_decompositions += 1
             if queue_direction and self.nuclear_weight > 0:
                 self._pending[name] = sch.from_matrix(result.nuclear_direction, tuple(weight.shape))
-        self._sync_ranks()
-        if queue_direction:
-            self._projected_step = self.step
-        self.projection_seconds += time.perf_counter() - start
-        self.history.append({"step": self.step, "ranks": dict(self.ranks)})
 
     def _nuclear_only(self, queue_direction: bool) -> None:
         """Nuclear-norm regularization alone: full-rank ``U V^T`` sub-gradient, no projection."""
