@@ -42,13 +42,10 @@ from torch import nn
 
 import trp_zoo
 from runtime.backends import get_backend
-from runtime.build import build_engine_file
-from runtime.engine import Engine
-from runtime.export import export_onnx
+from runtime.build import build
 from runtime.latency import measure_interleaved
 from runtime.planner import Planner
 from runtime.report import environment, load_average
-from runtime.spec import BuildOptions
 from runtime.target import Target
 from trp_zoo.algorithms.rank_alignment import aligned_rank_plan
 from trp_zoo.fileio import write_json, write_text
@@ -124,15 +121,18 @@ def measure_row(
     dense = trp_zoo.densify(factorized).eval()
     cost = trp_zoo.compare_cost(dense, factorized, INPUT_SIZE)
     backend = get_backend(backend_name, spinning=False)
-    options = BuildOptions(backend=backend.name, batch_sizes=BATCHES)
-    engines = {}
-    for name, m in (("dense", dense), ("factorized", factorized)):
-        tag = f"{arch}-{scheme}-{multiple}-{name}"
-        exported = export_onnx(m, workdir / f"{tag}.onnx", INPUT_SIZE)
-        built = build_engine_file(
-            exported.path, workdir / f"{tag}{backend.engine_suffix}", options, backend=backend
+    engines = {
+        name: build(
+            m,
+            workdir / f"{arch}-{scheme}-{multiple}-{name}{backend.engine_suffix}",
+            backend=backend.name,
+            batch_sizes=BATCHES,
+            input_size=INPUT_SIZE,
+            threads=threads,
+            spinning=False,
         )
-        engines[name] = Engine.load(built.path, threads=threads, spinning=False)
+        for name, m in (("dense", dense), ("factorized", factorized))
+    }
     load_before = load_average()
     try:
         timings = measure_interleaved(engines, BATCHES, warmup=warmup, runs=runs, progress=True)
