@@ -36,7 +36,7 @@ from torch import nn
 
 import trp_zoo
 from runtime.backends import get_backend
-from runtime.build import build_engine_file
+from runtime.build import build
 from runtime.checks import check_agreement
 from runtime.data import resolve_calibration_data, resolve_eval_data
 from runtime.engine import Engine
@@ -45,7 +45,6 @@ from runtime.latency import measure_interleaved
 from runtime.quantize import Calibration, calibration_from_data, random_calibration
 from runtime.report import environment, load_average
 from runtime.sources import load_source
-from runtime.spec import BuildOptions
 from trp_zoo.algorithms.rank_alignment import aligned_rank_plan, pad_ranks
 from trp_zoo.fileio import write_json, write_text
 
@@ -102,16 +101,18 @@ def measure(
     engines: dict[str, Engine] = {}
     for variant, precision in ENGINES:
         tag = f"{name}-{variant}"
+        # one export per variant: its int8 engine reuses the file its fp32 engine was built from
         exported = export_onnx(models[variant], workdir / f"{tag}.onnx", size)
-        options = BuildOptions(
+        engines[f"{variant} {precision}"] = build(
+            exported.path,
+            workdir / f"{tag}_{precision}{backend.engine_suffix}",
             backend=backend.name,
             precision=precision,
             batch_sizes=batches,
+            threads=threads,
+            spinning=False,
             calibration=calibration if precision == "int8" else None,
         )
-        engine_path = workdir / f"{tag}_{precision}{backend.engine_suffix}"
-        built = build_engine_file(exported.path, engine_path, options, backend=backend)
-        engines[f"{variant} {precision}"] = Engine.load(built.path, threads=threads, spinning=False)
     accuracy = {}
     try:
         if name == ZOO_MODEL:

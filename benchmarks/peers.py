@@ -49,14 +49,12 @@ from torch import nn
 
 import trp_zoo
 from runtime.backends import get_backend
-from runtime.build import build_engine_file
+from runtime.build import build
 from runtime.checks import check_agreement
 from runtime.data import fashion_mnist
 from runtime.engine import Engine
-from runtime.export import export_onnx
 from runtime.latency import measure_interleaved
 from runtime.report import environment, load_average
-from runtime.spec import BuildOptions
 from trp_zoo.algorithms.rank_alignment import pad_ranks
 from trp_zoo.algorithms.rank_selection import energy_for_macs
 from trp_zoo.data.fashion_mnist import MEAN, STD
@@ -296,12 +294,16 @@ def deploy(
     try:
         for i, (label, row) in enumerate(rows.items()):
             model = pad_ranks(row["model"], RANK_MULTIPLE).eval()
-            exported = export_onnx(model, workdir / f"row{i}.onnx", INPUT)
-            options = BuildOptions(backend=backend.name, precision="fp32", batch_sizes=BATCHES)
-            built = build_engine_file(
-                exported.path, workdir / f"row{i}{backend.engine_suffix}", options, backend=backend
+            engines[label] = build(
+                model,
+                workdir / f"row{i}{backend.engine_suffix}",
+                backend=backend.name,
+                precision="fp32",
+                batch_sizes=BATCHES,
+                input_size=INPUT,
+                threads=threads,
+                spinning=False,
             )
-            engines[label] = Engine.load(built.path, threads=threads, spinning=False)
             agreement = check_agreement(engines[label], row["model"], test, batch_size=256)
             out[label] = {
                 "method": row["method"],

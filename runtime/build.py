@@ -112,6 +112,7 @@ def build(
     workspace_bytes: int = 4 << 30,
     timing_cache: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    spinning: bool = True,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     calibration: Calibration | None = None,
@@ -119,12 +120,16 @@ def build(
     """Build (or reuse) an engine for a PyTorch model or an ONNX file and load it.
 
     A model is first exported to ``<engine name>.onnx`` next to the engine (input size from
-    ``input_size`` or the model's ``pretrained_cfg``). ``backend`` is ``auto``, ``tensorrt``
-    or ``onnxruntime``. ``precision="int8"`` needs ``calibration`` (training images, e.g.
+    ``input_size`` or the model's ``pretrained_cfg``); an export of the same model already
+    there is reused. ``backend`` is ``auto``, ``tensorrt`` or ``onnxruntime``.
+    ``precision="int8"`` needs ``calibration`` (training images, e.g.
     ``runtime.quantize.calibration_from_data(runtime.data.resolve_calibration_data(...))``).
+    ``threads`` and ``spinning`` are how the engine is loaded (ONNX Runtime only): intra-op
+    threads, and whether idle threads spin (the lowest latency on a dedicated machine; turn
+    it off to time on a shared one).
     """
     engine_path = Path(engine_path)
-    be = get_backend(backend)
+    be = get_backend(backend, spinning=spinning)
     options = BuildOptions(
         backend=be.name,
         precision=precision,
@@ -142,7 +147,7 @@ def build(
     else:
         onnx_path = Path(source)
     built = build_engine_file(onnx_path, engine_path, options, force=force, backend=be)
-    return Engine.load(built.path, threads=threads)
+    return Engine.load(built.path, threads=threads, spinning=spinning)
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int, int]:

@@ -16,7 +16,10 @@ import timm
 import torch
 
 import trp_zoo
+from runtime.target import Target
+from runtime.train_target import plan_for_target
 from tests.fakedata import write_fashion_mnist, write_image_folder
+from tests.runtime_models import seed_cost_cache
 from tests.test_recipes import ENV, QUICK, ROOT, results, run
 from trp_zoo.train.recipe import run_recipe
 
@@ -186,11 +189,6 @@ def test_unknown_layers_is_refused_before_training(tmp_path: Path) -> None:
             "error: --rank-plan names 'stages.1.downsample.1', which --layers linear leaves out: "
             "drop it from the plan or use --layers all",
         ),
-        (
-            ["--layers", "conv", "--target-latency", "0.5"],
-            "error: --target-latency plans over every conv and Linear: "
-            "use --layers all, or cap the ranks of one kind with --rank-plan",
-        ),
     ],
 )
 def test_layers_conflicts_are_refused_before_training(
@@ -214,3 +212,95 @@ def test_layers_conflicts_are_refused_before_training(
     message = capsys.readouterr().err.strip() if exc.value.code == 2 else str(exc.value.code)
     assert message.splitlines()[-1].endswith(expected)
     assert not (out / "checkpoints").exists()
+
+
+# the convnext recipe's model at a smaller width: MLP Linears and 2x2 downsampling convs
+CONVNEXT_DIMS = [16, 32, 48, 64]
+LAYER_TYPES = {"conv": torch.nn.Conv2d, "linear": torch.nn.Linear}
+
+
+def convnext_model(dims: list[int]) -> torch.nn.Module:
+    """The convnext recipe's model at width ``dims``, as the recipe creates it."""
+    kwargs = {**recipe_defaults("fashion_mnist_convnext.py").model_kwargs, "dims": dims}
+    return timm.create_model("convnext_atto", num_classes=10, in_chans=1, **kwargs)
+
+
+def run_convnext_target(fmnist: Path, out: Path, args: str) -> dict[str, Any]:
+    """The convnext recipe with ``--target-latency``, in this process; its target plan."""
+    argv = [
+        *("--data-dir", str(fmnist), "--output-dir", str(out), "--limit-train-batches", "2"),
+        *("--period", "1", "--model-name", "none", *QUICK.split(), *args.split()),
+    ]
+    defaults = recipe_defaults("fashion_mnist_convnext.py")
+    res = run_recipe(defaults, "fashion_mnist_convnext.py", argv, target_planner=plan_for_target)
+    chosen: dict[str, Any] = json.loads((out / "target_plan.json").read_text())
+    assert res["target_plan"] == chosen
+    # TRP trained the planned layers only, each at most at its planned rank
+    low = res["decomposed"]["rank_plan"]
+    assert set(low) <= set(chosen["plan"]) and all(low[n] <= chosen["plan"][n] for n in low)
+    return chosen
+
+
+@pytest.mark.parametrize(("kind", "budget"), [("conv", 0.95), ("linear", 0.8)])
+def test_target_latency_plans_over_the_layers_kind_only(
+    fmnist: Path, tmp_path: Path, kind: str, budget: float
+) -> None:
+    # synthetic costs of every conv and Linear in the cost cache: nothing is timed
+    model = convnext_model(CONVNEXT_DIMS)
+    seeded = seed_cost_cache(model, Target(batch_size=2, input_size=(1, 28, 28), threads=1))
+    types = {n: type(m) for n, m in model.named_modules()}
+    assert {types[n] for n, c in seeded.items() if c.rank_ms} == {torch.nn.Conv2d, torch.nn.Linear}
+    chosen = run_convnext_target(
+        fmnist,
+        tmp_path / "run",
+        f"--layers {kind} --target-latency {budget} --target-batch-size 2 "
+        f"--model-kwargs dims=[{','.join(map(str, CONVNEXT_DIMS))}]",
+    )
+    assert chosen["plan"] and chosen["predicted"]["latency_fraction"] <= budget
+    # the candidates are every layer of that kind with a useful rank, and only those
+    of_kind = {
+        n for n, c in seeded.items() if c.rank_ms and issubclass(types[n], LAYER_TYPES[kind])
+    }
+    assert {r["name"] for r in chosen["layers"]} == of_kind
+    assert all(issubclass(types[n], LAYER_TYPES[kind]) for n in chosen["plan"])
+
+
+def test_target_latency_with_layers_linear_on_real_timing(fmnist: Path, tmp_path: Path) -> None:
+    """No synthetic costs: the recipe times the Linears of its model (both kinds) on ONNX
+    Runtime and plans over them only."""
+    chosen = run_convnext_target(
+        fmnist,
+        tmp_path / "run",
+        "--layers linear --target-latency 0.97 --target-batch-size 1 --target-rank-step 16",
+    )
+    dims = recipe_defaults("fashion_mnist_convnext.py").model_kwargs["dims"]
+    types = {n: type(m) for n, m in convnext_model(dims).named_modules()}
+    assert chosen["plan"] and chosen["predicted"]["latency_fraction"] <= 0.97
+    timed = [r for r in chosen["layers"] if r["dense_ms"] is not None]
+    assert timed and all(r["dense_ms"] > 0 for r in timed)
+    assert all(issubclass(types[r["name"]], torch.nn.Linear) for r in chosen["layers"])
+    assert "stages.1.downsample.1" in types  # a conv candidate the plan left out
+
+
+def test_target_latency_with_no_candidate_of_the_kind_is_refused_before_training(
+    fmnist: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = [
+        *("--data-dir", str(fmnist), "--output-dir", str(out), *QUICK.split()),
+        *("--layers", "conv", "--target-latency", "0.5", *TINY_VIT.split()),
+    ]
+    with pytest.raises(SystemExit) as exc:
+        run_recipe(
+            recipe_defaults("fashion_mnist_vit.py"),
+            "fashion_mnist_vit.py",
+            argv,
+            target_planner=plan_for_target,
+        )
+    # a ViT's only conv is its patch embedding, the stem
+    assert str(exc.value.code) == (
+        "error: --target-latency 0.5: the model has no nn.Conv2d with groups=1 (and timm's "
+        "conv variants) other than the stem and classifier for --layers conv to plan over: "
+        "use --layers linear or all"
+    )
+    assert not (out / "checkpoints").exists() and not (out / "target_plan.json").exists()

@@ -45,6 +45,30 @@ def test_build_runs_on_numpy_and_torch(built):
     assert engine.timed(x) > 0
 
 
+def _allows_spinning(engine: Engine) -> str:
+    options = engine._session.session.get_session_options()
+    return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+
+def test_build_loads_with_thread_spinning_on_or_off(built):
+    _, engine, out = built
+    assert _allows_spinning(engine) == "1"  # the default: lowest latency on a dedicated machine
+    # the engine built above is reused; only how it is loaded changes
+    quiet = build(
+        out / "tiny.onnx",
+        out / "tiny.ort.onnx",
+        backend="onnxruntime",
+        batch_sizes=(1, 4),
+        threads=1,
+        spinning=False,
+    )
+    try:
+        assert _allows_spinning(quiet) == "0"
+        assert quiet.metadata == engine.metadata
+    finally:
+        quiet.close()
+
+
 @pytest.mark.parametrize(
     ("shape", "dtype", "message"),
     [

@@ -207,8 +207,8 @@ def _add_trp_arguments(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
         type=float,
         default=d.target_latency,
         metavar="FRACTION",
-        help="instead of --rank-plan: cap ranks by a plan for this fraction of the dense "
-        "latency on --target-backend, chosen from the starting weights",
+        help="instead of --rank-plan: cap the ranks of the --layers kind by a plan for this "
+        "fraction of the dense latency on --target-backend, chosen from the starting weights",
     )
     g.add_argument("--target-backend", default=d.target_backend, help="onnxruntime or tensorrt")
     g.add_argument("--target-batch-size", type=int, default=d.target_batch_size)
@@ -272,11 +272,6 @@ def validate(cfg: TrainConfig) -> None:
             problems.append("give --rank-plan or --target-latency, not both")
         if not cfg.trp:
             problems.append("--target-latency caps TRP's ranks: it needs --trp")
-        if cfg.layers != "all":
-            problems.append(
-                "--target-latency plans over every conv and Linear: use --layers all, or cap "
-                "the ranks of one kind with --rank-plan"
-            )
     if cfg.target_sensitivity_images < 0:
         problems.append(
             f"--target-sensitivity-images must be >= 0, got {cfg.target_sensitivity_images}"
