@@ -255,3 +255,13 @@ def test_count_flops_when_a_parameter_is_passed_as_a_module_input() -> None:
     model = Model()
     assert count_flops(model, (1, 4, 4)) == 8 * 8
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_count_flops_counts_fused_cpu_attention() -> None:
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.reshape(1, 2, 8, 2)  # 2 heads, 8 tokens of 2 features
+            return F.scaled_dot_product_attention(q, q, q).sum()[None, None]
+
+    # 2 heads x (QK^T: 8 x 8 x 2 + AV: 8 x 8 x 2) multiply-adds, as timm's fused ViT runs it
+    assert count_flops(Attention(), (1, 8, 4)) == 2 * (8 * 8 * 2 + 8 * 8 * 2)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..modules import unwrap_model
 
@@ -20,6 +20,19 @@ def conv_macs(
     """Multiply-adds of a dense ``kh x kw`` convolution over ``pixels`` output pixels."""
     kh, kw = kernel_size
     return in_channels * out_channels * kh * kw * pixels
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):  # type: ignore[no-untyped-def]
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# the fused attention kernel ``F.scaled_dot_product_attention`` runs on CPU, which the flop
+# counter does not know (it counts the CUDA kernels): without it a ViT's attention is 0 MACs
+_UNCOUNTED_ATTENTION = {
+    op: _cpu_attention_flops
+    for op in (getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None),)
+    if op is not None
+}
 
 
 def _input_for(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
@@ -50,7 +63,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     try:
         for p in grads:
             p.requires_grad_(False)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_UNCOUNTED_ATTENTION) as counter:
             model(x)
     except RuntimeError as err:
         raise ValueError(
