@@ -22,8 +22,14 @@ def conv_macs(
     return in_channels * out_channels * kh * kw * pixels
 
 
-def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):  # type: ignore[no-untyped-def]
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+def _cpu_attention_flops(
+    query_shape: Sequence[int],
+    key_shape: Sequence[int],
+    value_shape: Sequence[int],
+    *args: object,
+    **kwargs: object,
+) -> int:
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
 
 
 # the fused attention kernel ``F.scaled_dot_product_attention`` runs on CPU, which the flop
