@@ -76,3 +76,15 @@ def test_tracked_falls_back_when_rank_grows_or_spectrum_is_needed() -> None:
     assert proj(a, FunctionCriterion(lambda s: 4)).full  # needs the whole spectrum
     proj(a, FixedRank(4))
     assert not proj(a, FixedRank(4)).full
+
+
+def test_tracked_up_to_half_of_the_rows() -> None:
+    a = decaying(128, 600, decay=0.95)
+    proj = SubspaceProjector("subspace")
+    proj(a, FixedRank(30))
+    assert proj.basis is not None and proj.basis.shape[1] == 38  # 30 + max(8, 30 // 4)
+    tracked = proj(a, FixedRank(30))  # 38 of 128 rows: past a quarter, within half
+    assert not tracked.full
+    assert rel(tracked.projected, truncation(a, 30)) < 5e-5
+    proj(a, FixedRank(52))  # 52 + 13 = 65 columns: past half of the rows
+    assert proj(a, FixedRank(52)).full
