@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,6 +180,12 @@ def _add_gate_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _workspace_bytes(gib: float) -> int:
+    if not math.isfinite(gib) or gib <= 0:
+        raise ValueError(f"--workspace must be a positive number of GiB, e.g. 4; got {gib}")
+    return int(gib * (1 << 30))
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads} (omit it to use all CPUs)")
@@ -197,7 +204,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         runs=args.runs,
         threads=args.threads,
         spinning=args.spinning,
-        workspace_bytes=int(args.workspace * (1 << 30)),
+        workspace_bytes=_workspace_bytes(args.workspace),
         timing_cache=args.timing_cache,
         opset=args.opset,
         pad_ranks=args.pad_ranks,

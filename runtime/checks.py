@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,8 +94,10 @@ class Gates:
             )
         for name in ("max_abs_diff", "max_top1_drop", "min_speedup"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 0 (a finite number), got {value}"
+                )
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,26 @@ class RunConfig:
     calibration_data: str | None = None
     keep_fp32: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Refuse counts and limits that cannot work, before anything is loaded or built
+        (``--runs 0`` used to fail only after both engines were built; ``--max-images -1``
+        silently dropped one image and 0 meant all)."""
+        problems = []
+        if self.runs < 1:
+            problems.append(f"--runs must be >= 1, got {self.runs}")
+        if self.warmup < 0:
+            problems.append(f"--warmup must be >= 0 (0: none), got {self.warmup}")
+        if self.max_images is not None and self.max_images < 1:
+            problems.append(
+                f"--max-images must be >= 1, got {self.max_images} (omit it to evaluate all)"
+            )
+        if self.calibration_images < 1:
+            problems.append(f"--calibration-images must be >= 1, got {self.calibration_images}")
+        if self.workspace_bytes <= 0:
+            problems.append("--workspace must be a positive number of GiB, e.g. 4")
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @property
     def precisions(self) -> tuple[str, ...]:
         """The precisions to build, in order (``precision`` split at commas)."""
@@ -341,7 +361,14 @@ def build_and_check(
         model, info = load_source(str(model))
     info = dict(info or {})
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file, not a directory: move it or choose another")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot create --output {out} ({err.strerror or err}): choose a writable directory"
+        ) from None
     backend = get_backend(config.backend, spinning=config.spinning)
     prep = _prepare(model, info, source or type(model).__name__, config, backend)
     exports = {

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -142,6 +144,23 @@ def check_args(args: argparse.Namespace) -> None:
         check_fraction(args.latency, "latency")
     else:
         check_fraction(args.macs, "MACs")
+    counts = {"batch_size": 1, "rank_step": 1, "max_candidates": 1, "runs": 1, "warmup": 0}
+    counts |= {"calibrate": 0, "sensitivity_images": 1}
+    for name, least in counts.items():
+        if getattr(args, name) < least:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}"
+            )
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(
+            f"--num-classes must be >= 1, got {args.num_classes} (omit it for timm's default)"
+        )
+    if args.output:
+        _check_output_file(Path(args.output))
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise ValueError(
+            f"--cache-dir {args.cache_dir} is a file, not a directory: move it or choose another"
+        )
     if args.layers not in LAYER_KINDS:
         raise ValueError(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {args.layers!r}")
     if args.threads < 0:
@@ -150,6 +169,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--calibrate corrects a --latency budget; give --latency")
     if args.sensitivity_data:
         check_sensitivity_source(args.sensitivity_data, args.sensitivity_images)
+
+
+def _check_output_file(path: Path) -> None:
+    """Refuse an ``--output`` that cannot be written, before anything is timed (it is written
+    last)."""
+    if path.is_dir():
+        raise ValueError(
+            f"--output {path} is a directory: give a file name, e.g. {path / 'plan.json'}"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write --output {path} ({err.strerror or err}): choose a writable path"
+        ) from None
 
 
 def make_planner(args: argparse.Namespace, progress: Progress) -> tuple[Planner, str]:

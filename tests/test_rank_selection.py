@@ -766,6 +766,45 @@ def test_cli_plan_rejects_a_bad_budget_without_measuring(
     assert exit_info.value.code == 2 and "invalid float value" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--output", "DIR"], "--output DIR is a directory: give a file name, e.g. DIR/plan.json"),
+        (
+            ["--output", "/proc/plan.json"],
+            "cannot write --output /proc/plan.json (No such file or directory): choose a "
+            "writable path",
+        ),
+        (["--cache-dir", "FILE"], "--cache-dir FILE is a file, not a directory: move it"),
+        (["--calibrate", "-1"], "--calibrate must be >= 0, got -1"),
+        (["--num-classes", "0"], "--num-classes must be >= 1, got 0 (omit it for timm's default)"),
+        (["--rank-step", "0"], "--rank-step must be >= 1, got 0"),
+        (["--max-candidates", "0"], "--max-candidates must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    ],
+)
+def test_cli_plan_refuses_bad_paths_and_counts_before_timing(
+    extra: list[str],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An --output that cannot be written used to be a traceback after every layer was timed;
+    --cache-dir a file a traceback; --calibrate -1 an error after timing; --num-classes 0
+    was silently ignored."""
+    no_timing(monkeypatch)
+    monkeypatch.setattr(runtime.plan, "Planner", None)  # never reached
+    (tmp_path / "file").write_text("x")
+    swap = {"DIR": str(tmp_path), "FILE": str(tmp_path / "file")}
+    extra = [swap.get(e, e) for e in extra]
+    assert plan_main([*plan_args(tmp_path / "costs", "--latency", "0.7"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    for key, value in swap.items():
+        expected = expected.replace(key, value)
+    assert err.startswith("error: ") and expected in err and "\n" not in err
+
+
 # ----------------------------------------------------------------------------- recipes
 
 

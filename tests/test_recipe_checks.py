@@ -145,3 +145,148 @@ def test_damaged_fashion_mnist_gz_is_one_line(fmnist, tmp_path, damage) -> None:
     message = str(exc.value.code)
     assert message.startswith(f"error: {target} is not a complete gzip file")
     assert "\n" not in message and "download it again" in message
+
+
+def _config(*args: str):
+    from trp_zoo.train.config import build_parser, config_from_args
+
+    defaults = _defaults()
+    return config_from_args(defaults, build_parser(defaults).parse_args(list(args)))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--nuclear-weight", "nan"], "--nuclear-weight must be a finite number, got nan"),
+        (["--distill-temperature", "nan"], "--distill-temperature must be a finite number"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
+        (["--momentum", "-0.5"], "--momentum must be >= 0, got -0.5"),
+        (["--min-lr", "-1"], "--min-lr must be >= 0, got -1.0"),
+        (["--decay-rate", "0"], "--decay-rate must be > 0 (e.g. 0.1), got 0.0"),
+        (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1), got 1.5"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0 (0: no warm-up), got -1"),
+        (
+            ["--epochs", "2", "--warmup-epochs", "5"],
+            "--warmup-epochs 5 is longer than the run (--epochs 2), so the learning rate would "
+            "never reach --lr: use at most 2 warm-up epochs or more --epochs",
+        ),
+        (["--limit-train-batches", "-1"], "--limit-train-batches must be >= 0 (0: all batches)"),
+        (["--limit-val-batches", "-1"], "--limit-val-batches must be >= 0 (0: all batches)"),
+        (["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0 (0: once per epoch)"),
+        (["--workers", "-1"], "--workers must be >= 0 (0: load in the main process), got -1"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+        (["--rank-plan", "DIR"], "is a directory: give a JSON file {layer name: rank}"),
+        (
+            ["--pretrained", "missing.pth"],
+            "--pretrained missing.pth is not a file: give the dense starting weights' "
+            "state-dict file (.pth/.safetensors) or hf-hub:ID, or none to start from random",
+        ),
+    ],
+)
+def test_bad_numbers_and_paths_are_refused_by_the_config(args, message, tmp_path) -> None:
+    """Values that used to train anyway (nan, negative limits, a warm-up longer than the run),
+    or fail deep inside torch or timm after the data was loaded."""
+    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    with pytest.raises(ValueError) as exc:
+        _config(*args)
+    assert message in str(exc.value)
+
+
+def test_warmup_as_long_as_the_run_is_allowed() -> None:
+    assert _config("--epochs", "1", "--warmup-epochs", "1").warmup_epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            "num_classes=5",
+            "--model resnet18 with --model-kwargs {'num_classes': 5} gives outputs of shape "
+            "[2, 5] for a batch of 2, but the data set has 10 classes: drop num_classes",
+        ),
+        (
+            "drop_rate=abc",
+            "--model resnet18 with --model-kwargs {'drop_rate': 'abc'} cannot run on the data "
+            "set's 1x28x28 images (could not convert string to float: 'abc'): check --model and "
+            "--model-kwargs",
+        ),
+        ("in_chans=3", "cannot run on the data set's 1x28x28 images (Given groups=1"),
+    ],
+)
+def test_model_kwargs_that_break_the_model_are_refused_before_training(
+    fmnist, tmp_path, kwargs, expected
+) -> None:
+    message = refused(fmnist, tmp_path / "run", "--model-name", "none", "--model-kwargs", kwargs)
+    assert expected in message
+
+
+def _state_dict_file(path: Path, arch: str, **kwargs) -> Path:
+    import timm
+
+    torch.save(timm.create_model(arch, **kwargs).state_dict(), path)
+    return path
+
+
+def test_pretrained_of_another_architecture_is_one_line(fmnist, tmp_path) -> None:
+    resnet34 = _state_dict_file(tmp_path / "r34.pth", "resnet34", num_classes=10, in_chans=1)
+    message = refused(fmnist, tmp_path / "run", "--pretrained", str(resnet34))
+    assert message.startswith(
+        f"error: --pretrained {resnet34} does not fit a resnet18: 96 unexpected weights "
+        "(layer1.2.conv1.weight, layer1.2.bn1.weight, layer1.2.bn1.bias and 93 more). Give a "
+        "state-dict file (.pth/.safetensors) of a resnet18 with the same input channels"
+    )
+    rgb = _state_dict_file(tmp_path / "rgb.pth", "resnet18", num_classes=1000, in_chans=3)
+    message = refused(fmnist, tmp_path / "run", "--pretrained", str(rgb))
+    assert "3 of other shapes (conv1.weight [64, 3, 7, 7] where the model has [64, 1, 7, 7]" in (
+        message
+    )
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint at all")
+    message = refused(fmnist, tmp_path / "run", "--pretrained", str(junk))
+    assert f"--pretrained {junk} is not a readable state-dict file (" in message
+    assert "weights_only=False" not in message  # torch's advice to load it unsafely
+
+
+def test_rank_plan_above_the_full_rank_is_refused(fmnist, tmp_path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layer1.0.conv1": 9999}))
+    message = refused(fmnist, tmp_path / "run", "--rank-plan", str(plan))
+    assert message == (
+        "error: rank plan asks rank 9999 for 'layer1.0.conv1', but its full rank under the "
+        "channel scheme is 64; use a rank between 1 and 64"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ["--model", "resnet34"],
+            "was trained with --model resnet18: resume with --model resnet18",
+        ),
+        (
+            ["--scheme", "spatial"],
+            "was trained with --scheme channel: resume with --scheme channel",
+        ),
+        (["--no-trp"], "was trained with --trp: resume with --trp, or start a new run"),
+        (["--model-kwargs", "drop_rate=0.1"], "was trained with --model-kwargs (none): resume"),
+    ],
+)
+def test_resume_of_a_run_with_another_model_or_scheme_is_refused(
+    fmnist, tmp_path, change, expected
+) -> None:
+    out = tmp_path / "run"
+    recipe(fmnist, out, "--model-name", "none")
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    message = refused_after_training(fmnist, out, "--model-name", "none", "--resume", *change)
+    assert expected in message and "another --output-dir" in message
+    assert sorted((out / "checkpoints").iterdir()) == checkpoints  # nothing trained or lost
+
+
+def test_device_cuda_without_a_gpu_is_one_line(fmnist, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = refused(fmnist, tmp_path / "run", "--device", "cuda")
+    assert message.startswith("error: --device cuda was asked for, but PyTorch sees no CUDA GPU")
+    assert "use --device cpu" in message

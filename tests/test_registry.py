@@ -166,6 +166,67 @@ def test_cli_publish_to_a_directory(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "has no config.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            ["--repo", "lab/tiny", "--to-dir", "SHARED", "--revision", "v2"],
+            "error: --revision would be ignored: --to-dir copies the files, with no branch, "
+            "commit or visibility; drop them, or publish with --mirror-dir or to the hub",
+        ),
+        (
+            ["--repo", "lab/tiny", "--to-dir", "SHARED", "--message", "m", "--private"],
+            "error: --message and --private would be ignored: --to-dir copies the files",
+        ),
+        (
+            ["--repo", "lab/tiny", "--mirror-dir", "SHARED", "--private"],
+            "error: --private would be ignored: a mirror directory has no visibility setting; "
+            "drop it, or publish to the hub",
+        ),
+        (
+            ["--repo", "lab/tiny model", "--to-dir", "SHARED"],
+            "error: 'lab/tiny model' is not a repo id (Repo id must use alphanumeric chars, '-', "
+            "'_' or '.'",
+        ),
+    ],
+)
+def test_cli_publish_refuses_options_it_would_ignore_and_bad_repo_ids(
+    extra: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """These used to publish anyway, silently dropping the option (or publishing a repo the
+    hub would refuse)."""
+    ckpt = save_tiny(tmp_path / "ckpt")
+    shared = tmp_path / "shared"
+    extra = [str(shared) if e == "SHARED" else e for e in extra]
+    assert main(["publish", str(ckpt), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected) and "\n" not in err
+    assert not shared.exists()  # nothing was published
+
+
+def test_cli_publish_to_an_unreachable_hub_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, the message blamed 'the paths given'; an unreachable endpoint was an httpx
+    traceback."""
+    from huggingface_hub import constants
+
+    ckpt = save_tiny(tmp_path / "ckpt")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["publish", str(ckpt), "--repo", "lab/tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("error: publishing to ") and "needs the network, but HF_HUB_OFFLINE" in err
+    )
+    assert "--mirror-dir" in err and "check the paths" not in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert main(["publish", str(ckpt), "--repo", "lab/tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach the hub at http://127.0.0.1:9 (")
+    assert "check the network and HF_ENDPOINT" in err and "\n" not in err
+
+
 def test_register_local_replaces_an_older_model(tmp_path: Path) -> None:
     old, new = tiny_factorized(seed=0), tiny_factorized(seed=1)
     save_tiny(tmp_path / "a", old, register_as="mine")

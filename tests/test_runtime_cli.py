@@ -157,6 +157,15 @@ def test_engine_that_does_not_match_its_model_fails_agreement(
         (["--threads", "-3"], "--threads must be >= 1, got -3"),
         (["--pad-ranks", "0"], "--pad-ranks must be >= 1, got 0"),
         (["--pad-ranks", "-4"], "--pad-ranks must be >= 1, got -4"),
+        (["--runs", "0"], "--runs must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be >= 0 (0: none), got -1"),
+        (["--max-images", "0"], "--max-images must be >= 1, got 0 (omit it to evaluate all)"),
+        (["--max-images", "-1"], "--max-images must be >= 1, got -1 (omit it to evaluate all)"),
+        (["--calibration-images", "0"], "--calibration-images must be >= 1, got 0"),
+        (["--workspace", "0"], "--workspace must be a positive number of GiB, e.g. 4; got 0.0"),
+        (["--workspace", "nan"], "--workspace must be a positive number of GiB, e.g. 4; got nan"),
+        (["--max-abs-diff", "nan"], "--max-abs-diff must be >= 0 (a finite number), got nan"),
+        (["--min-speedup", "inf"], "--min-speedup must be >= 0 (a finite number), got inf"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, extra, message):
@@ -165,6 +174,25 @@ def test_cli_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, extra, me
     assert main(args + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_cli_bad_counts_are_refused_before_anything_is_built(checkpoint, tmp_path, capsys):
+    """--runs 0 used to fail only after both engines were built and timed."""
+    path, _ = checkpoint
+    assert main([str(path), "--output", str(tmp_path / "out"), *FAST, "--runs", "0"]) == 2
+    assert not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.strip() == "error: --runs must be >= 1, got 0"
+
+
+def test_cli_output_that_is_a_file_is_a_clear_error(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    target = tmp_path / "report-file"
+    target.write_text("x")
+    assert main([str(path), "--output", str(target), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: --output {target} is a file, not a directory: move it or choose another"
+    )
 
 
 def test_cli_unknown_model_is_a_clear_error(tmp_path, capsys):

@@ -46,9 +46,8 @@ def validated_plan(plan: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def _check_plan_ranks(
-    plan: Mapping[str, int], targets: Mapping[str, Layer], scheme: Scheme
-) -> None:
+def check_plan_ranks(plan: Mapping[str, int], targets: Mapping[str, Layer], scheme: Scheme) -> None:
+    """Refuse a plan rank above its layer's full rank under ``scheme`` (ValueError)."""
     for name, layer in targets.items():
         sch = layer_scheme(layer, scheme)
         full = sch.full_rank(ConvGeometry.of(layer))
@@ -91,7 +90,7 @@ def decompose(
     names = plan.keys() if plan is not None else None
     targets = select_targets(new, include, exclude, names=names, layers=layers)
     if plan is not None:
-        _check_plan_ranks(plan, targets, sch)
+        check_plan_ranks(plan, targets, sch)
     factorized = 0
     for name, layer in targets.items():
         lsch = layer_scheme(layer, sch)
@@ -179,7 +178,7 @@ def factorize_architecture(
     plan = validated_plan(plan)
     model = unwrap_model(model)
     targets = select_targets(model, names=plan.keys())
-    _check_plan_ranks(plan, targets, sch)
+    check_plan_ranks(plan, targets, sch)
     for name, old in targets.items():
         layer: nn.Module
         if isinstance(old, nn.Linear):

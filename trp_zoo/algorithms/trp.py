@@ -31,7 +31,7 @@ from ..lowrank.linears import LayerKind, check_kind, layer_scheme, looked_for
 from ..lowrank.schemes import Scheme, get_scheme
 from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient, one_thread
 from ..modules import unwrap_model
-from .decompose import validated_plan
+from .decompose import check_plan_ranks, validated_plan
 from .layers import Patterns, select_targets
 
 
@@ -82,6 +82,8 @@ class TRP:
                 f"TRP found no layer to train low-rank: it looked for {looked_for(layers)}, "
                 "other than the stem and classifier; check layers=/include/exclude/plan"
             )
+        if self.plan is not None:  # a cap above the full rank would silently cap nothing
+            check_plan_ranks(self.plan, self.targets, self.scheme)
         self.schemes = {n: layer_scheme(m, self.scheme) for n, m in self.targets.items()}
         self.projectors = {n: SubspaceProjector(method) for n in self.targets}
         self.step = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,11 @@ def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainCo
 
 def validate(cfg: TrainConfig) -> None:
     """Clear errors for settings that cannot work."""
-    problems = []
+    problems = [
+        f"--{f.name.replace('_', '-')} must be a finite number, got {value}"
+        for f in dataclasses.fields(cfg)
+        if isinstance(value := getattr(cfg, f.name), float) and not math.isfinite(value)
+    ]
     if cfg.dataset not in DATASETS:
         problems.append(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
     if cfg.layers not in LAYER_KINDS:
@@ -258,10 +263,19 @@ def validate(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.nuclear_weight < 0:
-        problems.append(f"--nuclear-weight must be >= 0, got {cfg.nuclear_weight}")
+    for name in ("nuclear_weight", "weight_decay", "momentum", "min_lr"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.decay_rate <= 0:
+        problems.append(f"--decay-rate must be > 0 (e.g. 0.1), got {cfg.decay_rate}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        problems.append(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    problems += _count_problems(cfg)
     if cfg.rank_plan_file is not None and not Path(cfg.rank_plan_file).is_file():
-        problems.append(f"--rank-plan file {cfg.rank_plan_file} does not exist")
+        what = "is a directory" if Path(cfg.rank_plan_file).is_dir() else "does not exist"
+        problems.append(
+            f"--rank-plan {cfg.rank_plan_file} {what}: give a JSON file {{layer name: rank}}"
+        )
     if cfg.target_latency is not None:
         if not 0.0 < cfg.target_latency <= 1.0:
             problems.append(
@@ -281,9 +295,39 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("target_batch_size", "target_rank_step"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if problem := _weights_source_problem(
+        cfg.pretrained, "--pretrained", "dense starting weights'"
+    ):
+        problems.append(f"{problem}, or none to start from random weights")
     problems += _distillation_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def _count_problems(cfg: TrainConfig) -> list[str]:
+    """Epoch, batch, worker and seed counts that cannot work (or would be silently ignored)."""
+    problems = []
+    zero_means = {
+        "warmup_epochs": "no warm-up",
+        "limit_train_batches": "all batches",
+        "limit_val_batches": "all batches",
+        "checkpoint_every": "once per epoch",
+        "workers": "load in the main process",
+    }
+    for name, zero in zero_means.items():
+        if getattr(cfg, name) < 0:
+            problems.append(
+                f"--{name.replace('_', '-')} must be >= 0 (0: {zero}), got {getattr(cfg, name)}"
+            )
+    if cfg.warmup_epochs > cfg.epochs >= 1:
+        problems.append(
+            f"--warmup-epochs {cfg.warmup_epochs} is longer than the run (--epochs "
+            f"{cfg.epochs}), so the learning rate would never reach --lr: use at most "
+            f"{cfg.epochs} warm-up epochs or more --epochs"
+        )
+    if not 0 <= cfg.seed < 2**32:
+        problems.append(f"--seed must be in [0, 2**32), got {cfg.seed}")
+    return problems
 
 
 def _distillation_problems(cfg: TrainConfig) -> list[str]:
@@ -292,13 +336,19 @@ def _distillation_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"--distill-weight must be in (0, 1], got {cfg.distill_weight}")
     if cfg.distill_temperature <= 0:
         problems.append(f"--distill-temperature must be > 0, got {cfg.distill_temperature}")
-    source = cfg.distill_from
+    if problem := _weights_source_problem(cfg.distill_from, "--distill-from", "dense teacher's"):
+        problems.append(problem)
+    return problems
+
+
+def _weights_source_problem(source: str | None, flag: str, whose: str) -> str | None:
+    """A weights file (or ``hf-hub:ID``) that is not there, or None."""
     if source and not source.startswith("hf-hub:") and not Path(source).is_file():
-        problems.append(
-            f"--distill-from {source} is not a file: give the dense teacher's state-dict file "
+        return (
+            f"{flag} {source} is not a file: give the {whose} state-dict file "
             "(.pth/.safetensors) or hf-hub:ID"
         )
-    return problems
+    return None
 
 
 def load_rank_plan(path: str) -> dict[str, int]:

@@ -31,7 +31,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun set up (``RANK``/``WORLD_SIZE``), or run alone."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+        raise RuntimeError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU: use --device cpu (or "
+            "auto), or check CUDA_VISIBLE_DEVICES and that this PyTorch build has CUDA"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

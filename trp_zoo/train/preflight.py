@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from ..errors import ZooError
 from ..paths import zoo_home
 from ..zoo.publish import check_repo_id
 from ..zoo.registry import get_entry
 from ..zoo.store import check_store_name, store_dir
 from .config import TrainConfig
+from .data import DataBundle
 from .finalize import TRAIN_RESULTS
 
 
@@ -83,3 +87,35 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
                     )
     if problems:
         raise ValueError("; ".join(problems))
+
+
+@torch.no_grad()
+def check_model(model: nn.Module, data: DataBundle, cfg: TrainConfig) -> None:
+    """Run ``model`` once on two images of the data set's size (ValueError naming the flag).
+
+    A ``--model-kwargs`` value of the wrong type, or a model built for another input size
+    or number of classes, otherwise fails inside the first training step, or at the first
+    label past the classifier's size.
+    """
+    kwargs = f" with --model-kwargs {cfg.model_kwargs}" if cfg.model_kwargs else ""
+    size = "x".join(map(str, data.input_size))
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(2, *data.input_size))
+    except Exception as err:  # anything the model's own code raises
+        text = str(err).strip().splitlines()
+        why = text[0][:200] if text else type(err).__name__
+        raise ValueError(
+            f"--model {cfg.model}{kwargs} cannot run on the data set's {size} images ({why}): "
+            "check --model and --model-kwargs"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"--model {cfg.model}{kwargs} gives outputs of shape {shape} for a batch of 2, but "
+            f"the data set has {data.num_classes} classes: drop num_classes from --model-kwargs "
+            "(the data set sets it)"
+        )

@@ -19,7 +19,7 @@ from .config import TrainConfig, build_parser, config_from_args
 from .data import DataBundle, build_data
 from .distributed import DistInfo, cleanup, init_distributed
 from .finalize import finalize
-from .preflight import preflight
+from .preflight import check_model, preflight
 from .resume import CheckpointWriteError
 from .trainer import TargetPlanner, Trainer
 
@@ -79,7 +79,10 @@ def run_recipe(
             "--target-latency needs the runtime's deployment planner: run it through a recipe "
             "script in recipes/, or pass target_planner=runtime.train_target.plan_for_target"
         )
-    info: DistInfo = init_distributed(cfg.device)
+    try:
+        info: DistInfo = init_distributed(cfg.device)
+    except RuntimeError as err:  # no GPU for --device cuda; a process group that cannot form
+        raise SystemExit(f"error: {err}") from None
     try:
         try:
             preflight(cfg, main_process=info.is_main)
@@ -91,6 +94,10 @@ def run_recipe(
         except DataError as err:
             raise SystemExit(f"error: {err}") from None
         model = create_model(cfg, data)
+        try:
+            check_model(model, data, cfg)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         teacher = create_teacher(cfg, data)
         try:
             trainer = Trainer(cfg, model, data, info, target_planner, teacher)

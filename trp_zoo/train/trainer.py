@@ -41,6 +41,9 @@ from .resume import (
 )
 
 TARGET_PLAN = "target_plan.json"
+# settings a resumed run must share with its checkpoint (what is trained, on what, and how
+# TRP shapes it); the others (epochs, batch limits, outputs, ...) may change on --resume
+RESUME_IDENTITY = ("model", "model_kwargs", "dataset", "trp", "project", "layers", "scheme")
 
 # ``--target-latency``: (model, config, input size, sensitivity images or None) -> plan JSON;
 # the runtime's ``runtime.train_target.plan_for_target``, handed in by the recipes
@@ -77,6 +80,16 @@ class TrainState:
     stats: EpochStats = field(default_factory=EpochStats)
     history: list[dict[str, Any]] = field(default_factory=list)
     initial_top1: float | None = None  # the starting (pretrained dense) model's top-1
+
+
+def _as_flag(name: str, value: Any) -> str:
+    """A setting as the command-line flag that gives it: ``--no-trp``, ``--layers conv``."""
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(value, dict):
+        return f"{flag} " + (" ".join(f"{k}={v}" for k, v in value.items()) or "(none)")
+    return f"{flag} {value}"
 
 
 class Trainer:
@@ -265,12 +278,7 @@ class Trainer:
         ckpt = load_latest(self.out)
         if ckpt is None:
             return False
-        trained = ckpt["config"].get("layers", "all")  # checkpoints from before --layers: all
-        if trained != self.cfg.layers:
-            raise CheckpointError(
-                f"{ckpt['path']} was trained with --layers {trained}: resume with --layers "
-                f"{trained}, or start a new run in another --output-dir"
-            )
+        self._check_resumable(ckpt["config"], ckpt["path"])
         self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -291,6 +299,19 @@ class Trainer:
         self._rewrite_metrics_log()
         self.log(f"resumed from {ckpt['path']} (epoch {ckpt['epoch'] + 1}, step {ckpt['step']})")
         return True
+
+    def _check_resumable(self, trained: dict[str, Any], path: Any) -> None:
+        """Refuse to resume a checkpoint of another model, data set or TRP setup: its weights
+        would not load, or would silently continue under other settings."""
+        trained = {"layers": "all", **trained}  # checkpoints from before --layers: all
+        current = self.cfg.to_dict()
+        for name in RESUME_IDENTITY:
+            if name in trained and trained[name] != current[name]:
+                was = _as_flag(name, trained[name])
+                raise CheckpointError(
+                    f"{path} was trained with {was}: resume with {was}, or start a new run "
+                    "in another --output-dir"
+                )
 
     # -- logging ----------------------------------------------------------------------
     @property

@@ -46,9 +46,19 @@ class Published:
 
 
 def _split_repo_id(repo_id: str) -> tuple[str, str]:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     org, sep, name = repo_id.partition("/")
     if not sep or not org or not name or "/" in name or name in (".", "..") or org in (".", ".."):
         raise PublishError(f"{repo_id!r} is not a repo id: use ORG/NAME, e.g. trp-zoo/my_model")
+    try:  # the hub's own rule on characters and length
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        why = str(err).split(": '")[0].rstrip(".")
+        raise PublishError(
+            f"{repo_id!r} is not a repo id ({why}): use ORG/NAME, e.g. trp-zoo/my_model"
+        ) from None
     return org, name
 
 
@@ -171,7 +181,8 @@ def publish_to_hub(
 ) -> Published:
     """Upload the checkpoint to the hub ``HF_ENDPOINT`` names (huggingface.co by default)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HTTPError as TransportOrHTTPError  # its HTTP client's
 
     from .. import __version__
 
@@ -192,7 +203,37 @@ def publish_to_hub(
             f"publishing to {api.endpoint}/{repo_id} failed: {err}. Log in with `hf auth login` "
             "(or set HF_TOKEN) with a token that may write to that namespace."
         ) from None
+    except OfflineModeIsEnabled:
+        raise PublishError(
+            f"publishing to {api.endpoint} needs the network, but HF_HUB_OFFLINE is set: unset "
+            "it, or publish to a self-hosted mirror (--mirror-dir) or a directory (--to-dir)"
+        ) from None
+    except (TransportOrHTTPError, ConnectionError) as err:  # the hub cannot be reached
+        raise PublishError(
+            f"cannot reach the hub at {api.endpoint} ({err}): check the network and HF_ENDPOINT, "
+            "or publish to a self-hosted mirror (--mirror-dir) or a directory (--to-dir)"
+        ) from None
     return Published("hub", repo_id, info.commit_url, revision or "main", info.oid)
+
+
+def _refuse_ignored_options(
+    mirror_dir: object, directory: object, revision: str | None, private: bool, message: str | None
+) -> None:
+    """Options the chosen target has no use for are refused, never silently dropped."""
+    if directory is not None:
+        given = [f for f, v in (("--revision", revision), ("--message", message)) if v is not None]
+        given += ["--private"] if private else []
+        if given:
+            raise PublishError(
+                f"{' and '.join(given)} would be ignored: --to-dir copies the files, with no "
+                "branch, commit or visibility; drop them, or publish with --mirror-dir or to "
+                "the hub"
+            )
+    elif mirror_dir is not None and private:
+        raise PublishError(
+            "--private would be ignored: a mirror directory has no visibility setting; drop "
+            "it, or publish to the hub"
+        )
 
 
 def publish(
@@ -215,6 +256,7 @@ def publish(
     """
     if mirror_dir is not None and directory is not None:
         raise PublishError("give mirror_dir or directory, not both")
+    _refuse_ignored_options(mirror_dir, directory, revision, private, commit_message)
     path = Path(checkpoint_dir)
     org, name = _split_repo_id(repo_id)
     check_checkpoint(path)
