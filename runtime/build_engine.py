@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trp_zoo.cli import ArgumentParser
 from trp_zoo.errors import ZooError
 
 from .backends import BACKENDS
@@ -32,7 +33,7 @@ from .spec import PRECISIONS, check_input_size, parse_batch_sizes
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m runtime.build_engine",
         description="Build dense and factorized engines for a zoo model, check their accuracy "
         "and speed, and write report.json and report.md.",

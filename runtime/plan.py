@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from trp_zoo.algorithms.decompose import densify
+from trp_zoo.cli import ArgumentParser
 from trp_zoo.errors import ZooError
 from trp_zoo.fileio import write_json
 from trp_zoo.lowrank.linears import LAYER_KINDS
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m runtime.plan",
         description="Measure (or read cached) per-layer cost tables on the target, pick the "
         "ranks that keep the most spectral energy within the budget, print the plan with its "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .cli import ArgumentParser
 from .errors import ZooError
 from .text_table import text_table
 from .zoo.hub import model_info
@@ -237,7 +238,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_list, add_info, add_publi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m trp_zoo",
         description="trp-zoo: low-rank timm models trained with Trained Rank Pruning.",
         epilog="rank plans for a deployment target (latency-aware, measured):\n"

@@ -12,6 +12,7 @@ from typing import Any
 
 from timm.utils import ParseKwargs
 
+from ..cli import ArgumentParser
 from ..lowrank.linears import LAYER_KINDS, LayerKind
 from ..lowrank.schemes import SCHEMES
 from ..lowrank.svd import METHODS
@@ -103,7 +104,7 @@ def _bool_flag(parser: argparse._ActionsContainer, name: str, default: bool, hel
 
 def build_parser(defaults: TrainConfig, description: str | None = None) -> argparse.ArgumentParser:
     """The recipes' command line, with ``defaults`` shown in ``--help``."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     d = defaults
