@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from trp_zoo import TRP, FunctionCriterion, decompose, rank_plan
+from trp_zoo import TRP, decompose, rank_plan
 from trp_zoo.lowrank.svd import exact_svd
 
 LAMBDA = 1e-2
@@ -338,22 +338,30 @@ def test_final_projection_keeps_the_ranks_training_reached() -> None:
 
 
 @pytest.mark.parametrize("project", [True, False])
-def test_projection_runs_on_one_thread_and_restores_the_count(project: bool) -> None:
+def test_lapack_calls_run_on_one_thread_and_restore_the_count(project, monkeypatch) -> None:
     # a busy machine makes multi-threaded LAPACK calls (eigh, qr) many times slower
-    seen: list[int] = []
+    seen: dict[str, list[int]] = {"eigh": [], "qr": []}
+    for name in seen:
+        original = getattr(torch.linalg, name)
 
-    def rank(s: torch.Tensor) -> int:
-        seen.append(torch.get_num_threads())
-        return 2
+        def record(*args, _name=name, _original=original, **kwargs):
+            seen[_name].append(torch.get_num_threads())
+            return _original(*args, **kwargs)
 
+        monkeypatch.setattr(torch.linalg, name, record)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         model = net()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        # period 1: attaching projects (or takes the nuclear sub-gradient) at once
-        TRP(model, "channel", energy=FunctionCriterion(rank), period=1, project=project).attach(opt)
-        assert seen == [1, 1]  # one call per target layer, each on one thread
+        hook = TRP(model, "channel", energy=0.5, period=1, project=project).attach(opt)
+        for step in range(2):  # the second projection takes the tracked path (qr)
+            opt.zero_grad()
+            backward(model, step)
+            opt.step()
+        assert len(seen["eigh"]) >= 2 * len(hook.targets)
+        assert set(seen["eigh"]) == {1} and set(seen["qr"]) <= {1}
+        assert seen["qr"] or not project
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

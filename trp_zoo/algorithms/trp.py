@@ -29,7 +29,7 @@ from ..lowrank.convs import ConvGeometry, is_plain
 from ..lowrank.criteria import EnergyThreshold, FixedRank, RankCriterion
 from ..lowrank.linears import LayerKind, check_kind, layer_scheme, looked_for
 from ..lowrank.schemes import Scheme, get_scheme
-from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient, one_thread
+from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient
 from ..modules import unwrap_model
 from .decompose import check_plan_ranks, validated_plan
 from .layers import Patterns, select_targets
@@ -174,8 +174,7 @@ class TRP:
         fixed: Mapping[str, int] | None = None,
     ) -> None:
         start = time.perf_counter()
-        with one_thread():
-            self._project_targets(queue_direction, projecting, fixed)
+        self._project_targets(queue_direction, projecting, fixed)
         self._sync_ranks()
         if queue_direction:
             self._projected_step = self.step

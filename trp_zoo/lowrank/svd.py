@@ -19,9 +19,10 @@
   ``power_iterations=2``). ``tests/test_lowrank.py`` checks ``4e-7`` for the full step and
   ``5e-5`` for the tracked one on a synthetic ``128 x 600`` matrix (measured there:
   ``2.2e-7`` and ``3.7e-5`` over six seeds).
-- ``one_thread``: the context TRP projects in. A projection is many small LAPACK calls
-  (``eigh``, ``qr``) that synchronize their threads often; on a busy 2-core machine a
-  2-thread projection of resnet18 took 15.6 s (median of 6) against 1.4 s on one thread.
+- LAPACK calls (``eigh``, ``qr``, ``svd``) run on one intra-op thread (``one_thread``):
+  they synchronize their threads often, and on a busy 2-core machine a projection of
+  resnet18 with 2-thread LAPACK calls took 15.6 s (median of 6) against 1.4 s with
+  1-thread ones. The matrix products around them keep every thread.
 """
 
 from __future__ import annotations
@@ -54,9 +55,20 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    with one_thread():
+        return torch.linalg.eigh(matrix)
+
+
+def _qr(matrix: Tensor) -> Tensor:
+    with one_thread():
+        return torch.linalg.qr(matrix)[0]
+
+
 def exact_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD ``u diag(s) vh`` computed in float64, returned in float64."""
-    return torch.linalg.svd(matrix.double(), full_matrices=False)
+    with one_thread():
+        return torch.linalg.svd(matrix.double(), full_matrices=False)
 
 
 def gram_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -65,7 +77,7 @@ def gram_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     wide = a.shape[0] <= a.shape[1]
     if not wide:
         a = a.T
-    evals, evecs = torch.linalg.eigh(a @ a.T)
+    evals, evecs = _eigh(a @ a.T)
     evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
     s = evals.sqrt()
     safe = torch.where(s > s[0] * 1e-12, s, torch.ones_like(s)) if s.numel() else s
@@ -147,7 +159,7 @@ class SubspaceProjector:
         if self.method == "exact":
             u, s, _ = exact_svd(a)
         else:  # Gram in the weight's precision, eigendecomposition in float64
-            evals, u = torch.linalg.eigh((a @ a.T).double())
+            evals, u = _eigh((a @ a.T).double())
             s, u = evals.flip(0).clamp_min(0.0).sqrt(), u.flip(1)
         return u, s, criterion(s.float())
 
@@ -161,9 +173,9 @@ class SubspaceProjector:
             return None
         q = q.to(a.dtype)
         for _ in range(self.power_iterations):
-            q, _ = torch.linalg.qr(a @ (a.T @ q))
+            q = _qr(a @ (a.T @ q))
         b = q.T @ a  # k x K
-        evals, evecs = torch.linalg.eigh((b @ b.T).double())
+        evals, evecs = _eigh((b @ b.T).double())
         evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
         s_top = evals.sqrt()
         total = float(torch.linalg.vector_norm(a)) ** 2
