@@ -176,7 +176,8 @@ def test_unknown_layers_is_refused_before_training(tmp_path: Path) -> None:
     proc = run("fashion_mnist_vit.py", f"--layers bogus --output-dir {out}", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "fashion_mnist_vit.py: error: --layers must be one of conv, linear, all, got 'bogus'"
+        "fashion_mnist_vit.py: error: --layers must be one of conv, linear, all, got 'bogus' "
+        "(all options: fashion_mnist_vit.py --help)"
     )
     assert not out.exists()  # refused before the run created anything
 
