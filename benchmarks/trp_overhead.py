@@ -1,9 +1,10 @@
 """TRP overhead: training-step time with the TRP hook attached vs plain training.
 
-Setting: timm resnet18 with one input channel, 28x28 inputs, batch 128, SGD (lr 0.1,
-momentum 0.9, wd 1e-4), Fashion-MNIST batches (random data where the data set is
-absent), TRP channel scheme at the Fashion-MNIST recipe's default 98% energy (``--energy``),
-period 20, nuclear weight 3e-4.
+Setting: a Fashion-MNIST recipe's model (``--recipe``: resnet18 by default, or the ViT
+whose Linears TRP trains) with one input channel, 28x28 inputs, batch 128, the recipe's
+optimizer (resnet18: SGD lr 0.1, momentum 0.9, wd 1e-4; vit: AdamW lr 1e-3, wd 0.05),
+Fashion-MNIST batches (random data where the data set is absent), TRP channel scheme at
+the recipes' default 98% energy (``--energy``), period 20, nuclear weight 3e-4.
 
 Two identical models train side by side: blocks of ``period`` plain steps and
 ``period`` TRP steps alternate, so machine noise hits both alike and every TRP block
@@ -13,6 +14,7 @@ method (exact SVD, Gram eigendecomposition, tracked subspace) on the final weigh
 measured in the same run.
 
     python benchmarks/trp_overhead.py            # about 10 minutes on 2 CPU cores
+    python benchmarks/trp_overhead.py --recipe vit --output benchmarks/results/trp_overhead_vit.json
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from fmnist_runs import FMNIST_RECIPES, FmnistRecipe
 
 from trp_zoo import TRP
 from trp_zoo.data import load_fashion_mnist
@@ -61,7 +64,10 @@ def batches(batch_size: int, seed: int):
     return iterate(), source
 
 
-def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+def optimizer(recipe: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer at its settings."""
+    if recipe == "vit":
+        return timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
 
@@ -107,6 +113,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--method", default="subspace", choices=METHODS)
+    parser.add_argument("--recipe", choices=("resnet18", "vit"), default="resnet18")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -114,9 +121,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    plain = timm.create_model("resnet18", in_chans=1, num_classes=10)
+    recipe = FmnistRecipe(FMNIST_RECIPES[args.recipe])
+    plain = recipe.create_model()
     trained = copy.deepcopy(plain)
-    opt_plain, opt_trp = sgd(plain), sgd(trained)
+    opt_plain, opt_trp = optimizer(args.recipe, plain), optimizer(args.recipe, trained)
     hook = TRP(
         trained,
         "channel",
@@ -149,7 +157,9 @@ def main() -> None:
 
     result = {
         "setting": {
-            "model": "timm resnet18, in_chans=1, num_classes=10",
+            "model": f"{recipe.defaults.model}, in_chans=1, num_classes=10, "
+            f"{recipe.defaults.model_kwargs} ({recipe.script})",
+            "optimizer": type(opt_plain).__name__,
             "input": [1, 28, 28],
             "batch_size": args.batch_size,
             "data": source,
