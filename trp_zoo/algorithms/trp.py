@@ -174,19 +174,6 @@ class TRP:
         fixed: Mapping[str, int] | None = None,
     ) -> None:
         start = time.perf_counter()
-        self._project_targets(queue_direction, projecting, fixed)
-        self._sync_ranks()
-        if queue_direction:
-            self._projected_step = self.step
-        self.projection_seconds += time.perf_counter() - start
-        self.history.append({"step": self.step, "ranks": dict(self.ranks)})
-
-    def _project_targets(
-        self,
-        queue_direction: bool,
-        projecting: bool | None,
-        fixed: Mapping[str, int] | None,
-    ) -> None:
         if projecting is None:
             projecting = self.projecting
         if not projecting:
@@ -206,6 +193,11 @@ class TRP:
                 self.tracked_decompositions += 1
             if queue_direction and self.nuclear_weight > 0:
                 self._pending[name] = sch.from_matrix(result.nuclear_direction, tuple(weight.shape))
+        self._sync_ranks()
+        if queue_direction:
+            self._projected_step = self.step
+        self.projection_seconds += time.perf_counter() - start
+        self.history.append({"step": self.step, "ranks": dict(self.ranks)})
 
     def _nuclear_only(self, queue_direction: bool) -> None:
         """Nuclear-norm regularization alone: full-rank ``U V^T`` sub-gradient, no projection."""
