@@ -15,6 +15,7 @@ from torch import nn
 
 import trp_zoo
 from trp_zoo.algorithms.rank_alignment import pad_ranks
+from trp_zoo.fileio import writable_dir_problem
 from trp_zoo.lowrank.macs import CostComparison
 
 from .backends import check_precision, get_backend
@@ -361,14 +362,8 @@ def build_and_check(
         model, info = load_source(str(model))
     info = dict(info or {})
     out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out} is a file, not a directory: move it or choose another")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(
-            f"cannot create --output {out} ({err.strerror or err}): choose a writable directory"
-        ) from None
+    if problem := writable_dir_problem(out, "--output"):
+        raise ValueError(problem)
     backend = get_backend(config.backend, spinning=config.spinning)
     prep = _prepare(model, info, source or type(model).__name__, config, backend)
     exports = {

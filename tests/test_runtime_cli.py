@@ -191,7 +191,7 @@ def test_cli_output_that_is_a_file_is_a_clear_error(checkpoint, tmp_path, capsys
     assert main([str(path), "--output", str(target), *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
-        f"error: --output {target} is a file, not a directory: move it or choose another"
+        f"error: --output {target} is a file, not a directory: move it or choose another path"
     )
 
 

@@ -1,5 +1,6 @@
-"""Atomic writes (a file or directory appears complete under its name, or not at all) and
-file hashing: the one implementation of both for the library, the runtime and the scripts.
+"""Atomic writes (a file or directory appears complete under its name, or not at all),
+file hashing, and the check that an output directory can be made: the one implementation
+of each for the library, the runtime and the scripts.
 
 Everything is written next to its destination under a hidden temporary name, flushed,
 and renamed into place; a failure (or ``kill -9``) leaves the previous version intact.
@@ -18,6 +19,17 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+
+def writable_dir_problem(path: Path, what: str) -> str | None:
+    """Create ``path`` as a directory; a one-line problem naming ``what``, or None."""
+    if path.exists() and not path.is_dir():
+        return f"{what} {path} is a file, not a directory: move it or choose another path"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create {what} {path} ({err.strerror or err}): choose a writable path"
+    return None
 
 
 def _sibling(path: Path, tag: str) -> Path:

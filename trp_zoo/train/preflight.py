@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ZooError
+from ..fileio import writable_dir_problem
 from ..paths import zoo_home
 from ..zoo.publish import check_repo_id
 from ..zoo.registry import get_entry
@@ -20,17 +21,6 @@ from ..zoo.store import check_store_name, store_dir
 from .config import TrainConfig
 from .data import DataBundle
 from .finalize import TRAIN_RESULTS
-
-
-def _writable_dir(path: Path, what: str) -> str | None:
-    """Create ``path`` as a directory; a problem sentence, or None."""
-    if path.exists() and not path.is_dir():
-        return f"{what} {path} is a file, not a directory: move it or choose another path"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"cannot create {what} {path} ({err.strerror or err}): choose a writable path"
-    return None
 
 
 def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
@@ -41,7 +31,7 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
     """
     problems: list[str] = []
     out = Path(cfg.output_dir)
-    if main_process and (problem := _writable_dir(out, "--output-dir")):
+    if main_process and (problem := writable_dir_problem(out, "--output-dir")):
         problems.append(problem)
     for sub in ("model", "checkpoints", "plots"):
         path = out / sub
@@ -61,7 +51,7 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
                     f"TRP_ZOO_HOME {home} is a file, not a directory: point TRP_ZOO_HOME at a "
                     "directory (or --model-name none to skip registering)"
                 )
-            elif main_process and (problem := _writable_dir(store_dir(), "the local store")):
+            elif main_process and (problem := writable_dir_problem(store_dir(), "the local store")):
                 problems.append(f"{problem} (set TRP_ZOO_HOME, or --model-name none)")
     if cfg.push_to_hub:
         try:
