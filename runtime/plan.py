@@ -27,7 +27,7 @@ from torch import nn
 from trp_zoo.algorithms.decompose import densify
 from trp_zoo.cli import ArgumentParser
 from trp_zoo.errors import ZooError
-from trp_zoo.fileio import writable_dir_problem, write_json
+from trp_zoo.fileio import write_json
 from trp_zoo.lowrank.linears import LAYER_KINDS
 from trp_zoo.lowrank.schemes import SCHEMES
 from trp_zoo.models.dense import create_dense_model, load_dense_weights
@@ -158,8 +158,10 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.output:
         _check_output_file(Path(args.output))
-    if args.cache_dir and (problem := writable_dir_problem(Path(args.cache_dir), "--cache-dir")):
-        raise ValueError(problem)
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise ValueError(
+            f"--cache-dir {args.cache_dir} is a file, not a directory: move it or choose another"
+        )
     if args.layers not in LAYER_KINDS:
         raise ValueError(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {args.layers!r}")
     if args.threads < 0:
