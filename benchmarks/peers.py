@@ -37,6 +37,7 @@ import argparse
 import copy
 import dataclasses
 import datetime as dt
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +73,14 @@ FINETUNE_LR = 0.01
 CHANNEL_MULTIPLE = 8
 RANK_MULTIPLE = 16
 WIDTHS = (64, 128, 256, 512)
+METHODS = (
+    "TRP+Nu spatial",
+    "TRP+Nu channel + distillation",
+    "TRP latency plan",
+    "SVD + fine-tune",
+    "Torch-Pruning",
+    "narrower resnet18",
+)
 
 
 def macs(model: nn.Module) -> int:
@@ -182,8 +191,17 @@ def slug(label: str) -> str:
     return label.replace("+", "").replace(" ", "_")
 
 
-def train_rows(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
-    """Train (or reuse) every row for one seed; returns ``{row: {model, facts}}``."""
+def train_rows(
+    args: argparse.Namespace, seed: int, methods: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) the rows of one seed; returns ``{row: {model, facts}}``.
+
+    ``methods``: train only the dense baseline, the TRP+Nu channel row (it sets every
+    operating point) and rows of these methods (default: every row)."""
+
+    def wanted(method: str) -> bool:
+        return methods is None or method in methods or method == "TRP+Nu channel"
+
     recipe, work = RESNET18, args.work_dir / f"seed{seed}"
     half = args.epochs / 2
     common = ["--epochs", str(args.epochs), "--seed", str(seed), "--model-name", "none"]
@@ -219,6 +237,8 @@ def train_rows(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]
         }
         channel: dict[str, Any] = {}
         for label, extra in trp.items():
+            if not wanted(label.rsplit(" ", 1)[0]):
+                continue
             run = recipe.train_row(slug(label), work, common, extra)
             model = trp_zoo.load(str(work / slug(label) / "model"))
             rows[label] = {"model": model, "method": label.rsplit(" ", 1)[0], "energy": energy}
@@ -228,57 +248,59 @@ def train_rows(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]
         target_macs = int(channel["macs"])
         fraction = round(target_macs / macs(dense), 3)
         name = f"TRP latency plan {tag}"
-        run = recipe.train_row(
-            slug(name),
-            work,
-            common,
-            ["--scheme", "channel", "--energy", str(energy), "--target-latency", str(fraction)],
-        )
-        rows[name] = {
-            "model": trp_zoo.load(str(work / slug(name) / "model")),
-            "method": "TRP latency plan",
-            "energy": energy,
-            "facts": {"top1": run["decomposed"]["top1"], "target_latency": fraction},
-        }
-        svd = trp_zoo.decompose(half_dense, "channel", rank=channel["rank_plan"])
-        svd, top1 = train_plain(
-            recipe, svd, work / f"svd_ft_{tag}", args.epochs - half, FINETUNE_LR, seed
-        )
-        rows[f"SVD + fine-tune {tag}"] = {
-            "model": svd,
-            "method": "SVD + fine-tune",
-            "energy": energy,
-            "facts": {"top1": top1},
-        }
-        pruned, facts = torch_pruned(
-            recipe,
-            half_dense,
-            target_macs,
-            work / f"torch_pruning_{tag}",
-            args.epochs - half,
-            args.prune_steps,
-            seed,
-        )
-        rows[f"Torch-Pruning {tag}"] = {
-            "model": pruned,
-            "method": "Torch-Pruning",
-            "energy": energy,
-            "facts": facts,
-        }
-        scale = narrow_scale_for(target_macs)
-        narrow = narrow_resnet18(scale)
-        out = work / f"narrow_{tag}"
-        if not (out / "narrow.pth").is_file():
-            lr = recipe.defaults.lr
-            narrow, _ = train_plain(recipe, narrow, out, args.epochs, lr, seed)
-            torch.save(narrow.state_dict(), out / "narrow.pth")
-        narrow.load_state_dict(torch.load(out / "narrow.pth", weights_only=True))
-        rows[f"narrower resnet18 {tag}"] = {
-            "model": narrow.eval(),
-            "method": "narrower resnet18",
-            "energy": energy,
-            "facts": {"width_scale": round(scale, 3)},
-        }
+        if wanted("TRP latency plan"):
+            latency = ["--scheme", "channel", "--energy", str(energy)]
+            run = recipe.train_row(
+                slug(name), work, common, [*latency, "--target-latency", str(fraction)]
+            )
+            rows[name] = {
+                "model": trp_zoo.load(str(work / slug(name) / "model")),
+                "method": "TRP latency plan",
+                "energy": energy,
+                "facts": {"top1": run["decomposed"]["top1"], "target_latency": fraction},
+            }
+        if wanted("SVD + fine-tune"):
+            svd = trp_zoo.decompose(half_dense, "channel", rank=channel["rank_plan"])
+            svd, top1 = train_plain(
+                recipe, svd, work / f"svd_ft_{tag}", args.epochs - half, FINETUNE_LR, seed
+            )
+            rows[f"SVD + fine-tune {tag}"] = {
+                "model": svd,
+                "method": "SVD + fine-tune",
+                "energy": energy,
+                "facts": {"top1": top1},
+            }
+        if wanted("Torch-Pruning"):
+            pruned, facts = torch_pruned(
+                recipe,
+                half_dense,
+                target_macs,
+                work / f"torch_pruning_{tag}",
+                args.epochs - half,
+                args.prune_steps,
+                seed,
+            )
+            rows[f"Torch-Pruning {tag}"] = {
+                "model": pruned,
+                "method": "Torch-Pruning",
+                "energy": energy,
+                "facts": facts,
+            }
+        if wanted("narrower resnet18"):
+            scale = narrow_scale_for(target_macs)
+            narrow = narrow_resnet18(scale)
+            out = work / f"narrow_{tag}"
+            if not (out / "narrow.pth").is_file():
+                lr = recipe.defaults.lr
+                narrow, _ = train_plain(recipe, narrow, out, args.epochs, lr, seed)
+                torch.save(narrow.state_dict(), out / "narrow.pth")
+            narrow.load_state_dict(torch.load(out / "narrow.pth", weights_only=True))
+            rows[f"narrower resnet18 {tag}"] = {
+                "model": narrow.eval(),
+                "method": "narrower resnet18",
+                "energy": energy,
+                "facts": {"width_scale": round(scale, 3)},
+            }
     return rows
 
 
@@ -394,6 +416,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4, help="training budget of every row")
     parser.add_argument("--energies", default="0.99,0.98,0.97", help="TRP operating points")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument(
+        "--later-seed-methods",
+        default="",
+        help="comma-separated methods the seeds after the first train and time, besides the "
+        "dense baseline and TRP+Nu channel (the rows that decide the ranking; default: all), "
+        f"from: {', '.join(METHODS)}",
+    )
     parser.add_argument("--prune-steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5)
@@ -413,6 +442,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error("--energies and --seeds are comma-separated numbers, e.g. 0.99,0.98")
+    args.later_seed_methods = (
+        {m.strip() for m in args.later_seed_methods.split(",")} if args.later_seed_methods else None
+    )
+    unknown = sorted((args.later_seed_methods or set()) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown --later-seed-methods {unknown}; choose from {', '.join(METHODS)}")
     if args.epochs < 2 or args.epochs % 2:
         parser.error(
             "--epochs must be even and >= 2 (half of it trains the dense start of the "
@@ -433,20 +468,24 @@ def main(argv: list[str] | None = None) -> None:
     LIMIT_BATCHES = args.limit_train_batches
     seeds: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            rows = train_rows(args, seed)
+        for i, seed in enumerate(args.seeds):
+            rows = train_rows(args, seed, args.later_seed_methods if i else None)
             seeds[str(seed)] = deploy(rows, Path(tmp), args.threads, args.warmup, args.runs)
     result = {
         "setting": (
             f"Fashion-MNIST, timm resnet18 1x28x28, {args.epochs} epochs of training per row "
             f"(SVD + fine-tune and Torch-Pruning: {args.epochs / 2:g} dense + {args.epochs / 2:g} "
-            f"fine-tune at lr {FINETUNE_LR}), energies {args.energies}, seeds {args.seeds}; "
+            f"fine-tune at lr {FINETUNE_LR}), energies {args.energies}, seeds {args.seeds} "
+            f"(after the first: dense, TRP+Nu channel and "
+            f"{sorted(args.later_seed_methods) if args.later_seed_methods else 'every row'}); "
             f"ONNX Runtime CPU fp32, {args.threads} thread(s), {args.runs} interleaved runs per "
             "engine and batch; speed-up = dense median latency / row median latency"
         ),
         "seeds": seeds,
         "environment": environment(),
-        "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(
+            ["python", "benchmarks/peers.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "date": dt.date.today().isoformat(),
     }
     write_json(args.output, result)
