@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from runtime.train_target import plan_for_target
 from trp_zoo.models.dense import create_dense_model
 from trp_zoo.train import TrainConfig
 from trp_zoo.train.data import build_data
@@ -59,7 +60,7 @@ class FmnistRecipe:
         if load_latest(out) is not None:
             argv.append("--resume")
         print(f"== {name}: {' '.join(argv)}", flush=True)
-        result = run_recipe(self.defaults, self.script, argv)
+        result = run_recipe(self.defaults, self.script, argv, target_planner=plan_for_target)
         result.pop("decomposed_model", None)
         return result
 
