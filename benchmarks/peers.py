@@ -29,6 +29,12 @@ Pareto front marked). Training runs live in ``--work-dir`` and are reused or res
 
     pip install -e '.[bench]'    # torch-pruning
     python benchmarks/peers.py --epochs 4 --energies 0.99,0.98,0.97
+
+The committed results (2 epochs a row, energy 0.98; seed 1 repeats the deciding rows)::
+
+    python benchmarks/peers.py --epochs 2 --energies 0.98 --seeds 0,1 \
+        --later-seed-methods 'TRP latency plan,SVD + fine-tune,Torch-Pruning,narrower resnet18' \
+        --work-dir runs/peers-e2
 """
 
 from __future__ import annotations
