@@ -243,11 +243,12 @@ def train_rows(
         }
         channel: dict[str, Any] = {}
         for label, extra in trp.items():
-            if not wanted(label.rsplit(" ", 1)[0]):
+            method = label.rsplit(" ", 1)[0]
+            if not wanted(method):
                 continue
             run = recipe.train_row(slug(label), work, common, extra)
             model = trp_zoo.load(str(work / slug(label) / "model"))
-            rows[label] = {"model": model, "method": label.rsplit(" ", 1)[0], "energy": energy}
+            rows[label] = {"model": model, "method": method, "energy": energy}
             rows[label]["facts"] = {"top1": run["decomposed"]["top1"]}
             if not channel:
                 channel = run["decomposed"]

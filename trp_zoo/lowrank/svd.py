@@ -57,11 +57,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _at_least_float(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half-precision weights, the weight's own dtype otherwise."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     with one_thread():
         return torch.linalg.eigh(matrix)
@@ -168,7 +163,7 @@ class SubspaceProjector:
         if self.method == "exact":
             u, s, _ = exact_svd(a)
         else:  # Gram and its eigendecomposition in the weight's precision (float32 at least)
-            evals, u = _eigh((a @ a.T).to(_at_least_float(a.dtype)))
+            evals, u = _eigh((a @ a.T).to(torch.promote_types(a.dtype, torch.float32)))
             s, u = evals.flip(0).clamp_min(0.0).sqrt(), u.flip(1)
         return u, s, criterion(s.float())
 
