@@ -1,38 +1,47 @@
-"""TRP overhead: training-step time with the TRP hook attached vs plain training.
+r"""TRP overhead: training-step time with the TRP hook attached vs plain training.
 
 Setting: a Fashion-MNIST recipe's model (``--recipe``: resnet18 by default, or the ViT
-whose Linears TRP trains) with one input channel, 28x28 inputs, batch 128, the recipe's
-optimizer (resnet18: SGD lr 0.1, momentum 0.9, wd 1e-4; vit: AdamW lr 1e-3, wd 0.05),
-Fashion-MNIST batches (random data where the data set is absent), TRP channel scheme at
-the recipes' default 98% energy (``--energy``), period 20, nuclear weight 3e-4.
+whose Linears TRP trains) with one input channel, 28x28 inputs, Fashion-MNIST batches
+(random data where the data set is absent), trained as the recipe trains it for a whole
+run of ``--epochs`` (default 4, the README demo's): its optimizer and learning-rate
+schedule (built by the trainer's own ``recipe_optimizer`` and ``recipe_scheduler``),
+loss, batch size, TRP scheme, energy, period and nuclear weight (``DEFAULTS`` of the
+recipe script; the flags below override some of them).
 
-Two identical models train side by side: blocks of ``period`` plain steps and
-``period`` TRP steps alternate, so machine noise hits both alike and every TRP block
-holds exactly one projection. The result is the ratio of mean step times, written to
-``benchmarks/results/trp_overhead.json``. The cost of one projection with each SVD
-method (exact SVD, Gram eigendecomposition, tracked subspace) on the final weights is
-measured in the same run.
+Two identical models train side by side on the same batches: blocks of ``period`` plain
+steps and ``period`` TRP steps alternate, so machine noise hits both alike and every TRP
+block holds exactly one projection; the first block of each is not timed. Written to
+``benchmarks/results/trp_overhead.json``: the ratio of mean step times and the median
+per-block ratio, for the whole run and per epoch, the projections' share of TRP time,
+the median overhead of each step position within a block, and the cost of one
+projection with each SVD method (exact SVD, Gram eigendecomposition, tracked subspace)
+on the final weights.
 
-    python benchmarks/trp_overhead.py            # about 10 minutes on 2 CPU cores
+    python benchmarks/trp_overhead.py            # about 14 minutes on 2 CPU cores
     python benchmarks/trp_overhead.py --recipe vit --output benchmarks/results/trp_overhead_vit.json
+    python benchmarks/trp_overhead.py --energy 0.9 \
+        --output benchmarks/results/trp_overhead_e090.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from fmnist_runs import FMNIST_RECIPES, FmnistRecipe
+from timm.scheduler.scheduler import Scheduler
 
 from trp_zoo import TRP
 from trp_zoo.data import load_fashion_mnist
@@ -40,6 +49,8 @@ from trp_zoo.data.fashion_mnist import MEAN, STD
 from trp_zoo.environment import software_versions
 from trp_zoo.fileio import write_json
 from trp_zoo.lowrank.svd import METHODS, Method
+from trp_zoo.train import TrainConfig
+from trp_zoo.train.trainer import recipe_optimizer, recipe_scheduler
 
 RESULTS = Path(__file__).parent / "results" / "trp_overhead.json"
 
@@ -61,32 +72,48 @@ def batches(batch_size: int, seed: int):
                 idx = order[i : i + batch_size]
                 yield (images[idx].float() / 255 - MEAN) / STD, labels[idx]
 
-    return iterate(), source
+    return iterate(), source, len(labels)
 
 
-def optimizer(recipe: str, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer at its settings."""
-    if recipe == "vit":
-        return timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
-    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+@dataclasses.dataclass
+class Run:
+    """One of the two models trained side by side, with its recipe optimizer and schedule."""
 
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    data: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    label_smoothing: float
+    updates: int = 0
+    block_seconds: list[float] = dataclasses.field(default_factory=list)
+    step_seconds: list[list[float]] = dataclasses.field(default_factory=list)
 
-def timed_steps(model, opt, data, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        x, y = next(data)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return time.perf_counter() - start
+    def train_block(self, steps: int) -> list[float]:
+        """Seconds of each of ``steps`` training steps as the recipe takes them (loss, step,
+        lr)."""
+        seconds = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            x, y = next(self.data)
+            self.optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing).backward()
+            self.optimizer.step()
+            self.updates += 1
+            self.scheduler.step_update(num_updates=self.updates)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    def timed_block(self, steps: int) -> None:
+        self.step_seconds.append(self.train_block(steps))
+        self.block_seconds.append(sum(self.step_seconds[-1]))
 
 
 def projection_cost(
-    model: torch.nn.Module, method: Method, energy: float, repeats: int = 3
+    model: torch.nn.Module, method: Method, cfg: TrainConfig, repeats: int = 3
 ) -> float:
     """Seconds for one projection of every target layer (after a warm-up call)."""
     model = copy.deepcopy(model)
-    hook = TRP(model, "channel", energy=energy, period=20, method=method)
+    hook = TRP(model, cfg.scheme, energy=cfg.energy, method=method, layers=cfg.layers)
     hook.project()
     start = time.perf_counter()
     for _ in range(repeats):
@@ -102,89 +129,143 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--blocks", type=int, default=40, help="timed blocks of `period` steps per model"
+        "--epochs",
+        type=int,
+        default=4,
+        help="length of the run and of its lr schedule (default 4, the README demo's)",
     )
-    parser.add_argument(
-        "--warmup-blocks", type=int, default=20, help="untimed blocks before timing"
-    )
-    parser.add_argument("--period", type=int, default=20)
-    parser.add_argument(
-        "--energy", type=float, default=0.98, help="energy kept (recipe default 0.98)"
-    )
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--period", type=int, help="default: the recipe's")
+    parser.add_argument("--energy", type=float, help="energy kept (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's")
     parser.add_argument("--method", default="subspace", choices=METHODS)
     parser.add_argument("--recipe", choices=("resnet18", "vit"), default="resnet18")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args()
 
 
+def overhead(plain: list[float], trp: list[float]) -> dict[str, float]:
+    """Mean-step ratio and median per-block ratio of TRP to plain blocks."""
+    ratio = sum(trp) / sum(plain)
+    return {
+        "overhead_pct": round(100 * (ratio - 1), 2),
+        "median_block_overhead_pct": round(
+            100 * (statistics.median(a / b for a, b in zip(trp, plain, strict=True)) - 1), 2
+        ),
+    }
+
+
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
     recipe = FmnistRecipe(FMNIST_RECIPES[args.recipe])
-    plain = recipe.create_model()
-    trained = copy.deepcopy(plain)
-    opt_plain, opt_trp = optimizer(args.recipe, plain), optimizer(args.recipe, trained)
-    hook = TRP(
-        trained,
-        "channel",
-        energy=args.energy,
-        period=args.period,
-        nuclear_weight=3e-4,
-        method=args.method,
+    overrides = {"epochs": args.epochs, "energy": args.energy, "period": args.period}
+    overrides["batch_size"] = args.batch_size
+    cfg = dataclasses.replace(
+        recipe.defaults, **{key: value for key, value in overrides.items() if value is not None}
     )
-    hook.attach(opt_trp)
-    data_plain, source = batches(args.batch_size, seed=1)
-    data_trp, _ = batches(args.batch_size, seed=1)
-    plain.train()
-    trained.train()
+    data_plain, source, train_images = batches(cfg.batch_size, seed=1)
+    data_trp, _, _ = batches(cfg.batch_size, seed=1)
+    steps_per_epoch = train_images // cfg.batch_size
+    blocks = cfg.epochs * steps_per_epoch // cfg.period
+    runs: list[Run] = []
+    for data in (data_plain, data_trp):
+        model = recipe.create_model() if not runs else copy.deepcopy(runs[0].model)
+        opt = recipe_optimizer(model, cfg)
+        sched = recipe_scheduler(opt, cfg, steps_per_epoch)
+        runs.append(Run(model.train(), opt, sched, data, cfg.label_smoothing))
+    plain, trained = runs
+    hook = TRP(
+        trained.model,
+        cfg.scheme,
+        energy=cfg.energy,
+        period=cfg.period,
+        nuclear_weight=cfg.nuclear_weight,
+        method=args.method,
+        layers=cfg.layers,
+    )
+    hook.attach(trained.optimizer)
 
-    for _ in range(args.warmup_blocks):
-        timed_steps(plain, opt_plain, data_plain, args.period)
-        timed_steps(trained, opt_trp, data_trp, args.period)
-    proj_before = hook.projection_seconds
-    full_before = hook.full_decompositions
-    t_plain: list[float] = []
-    t_trp: list[float] = []
-    for block in range(args.blocks):
-        order = [(plain, opt_plain, data_plain, t_plain), (trained, opt_trp, data_trp, t_trp)]
-        for model, opt, data, sink in order if block % 2 == 0 else order[::-1]:
-            sink.append(timed_steps(model, opt, data, args.period) / args.period)
-    step_plain = statistics.mean(t_plain)
-    step_trp = statistics.mean(t_trp)
-    projections = args.blocks
-    projection_share = (hook.projection_seconds - proj_before) / (sum(t_trp) * args.period)
+    # block 0 of each model warms allocator and kernel caches and is not timed
+    plain.train_block(cfg.period)
+    trained.train_block(cfg.period)
+    projection_seconds: list[float] = []
+    full: list[int] = []
+    for block in range(1, blocks):
+        before = (hook.projection_seconds, hook.full_decompositions)
+        for run in runs if block % 2 == 0 else runs[::-1]:
+            run.timed_block(cfg.period)
+        projection_seconds.append(hook.projection_seconds - before[0])
+        full.append(hook.full_decompositions - before[1])
 
+    by_epoch = []
+    for epoch in range(cfg.epochs):  # timed block i is block i + 1 of the run
+        part = [
+            i
+            for i in range(blocks - 1)
+            if min((i + 1) * cfg.period // steps_per_epoch, cfg.epochs - 1) == epoch
+        ]
+        plain_part = [plain.block_seconds[i] for i in part]
+        trp_part = [trained.block_seconds[i] for i in part]
+        by_epoch.append(
+            {
+                "epoch": epoch + 1,
+                **overhead(plain_part, trp_part),
+                "projection_share_of_trp_time": round(
+                    sum(projection_seconds[i] for i in part) / sum(trp_part), 4
+                ),
+                "projection_s_mean": round(statistics.mean(projection_seconds[i] for i in part), 4),
+                "full_decompositions": sum(full[i] for i in part),
+                "projections": len(part),
+            }
+        )
+        print(json.dumps(by_epoch[-1]), flush=True)
+    timed_steps = len(trained.block_seconds) * cfg.period
+    pairs = list(zip(trained.step_seconds, plain.step_seconds, strict=True))
     result = {
         "setting": {
             "model": f"{recipe.defaults.model}, in_chans=1, num_classes=10, "
             f"{recipe.defaults.model_kwargs} ({recipe.script})",
-            "optimizer": type(opt_plain).__name__,
+            "optimizer": {
+                "name": type(plain.optimizer).__name__,
+                "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay,
+                **({"momentum": cfg.momentum} if cfg.opt == "sgd" else {}),
+                "schedule": f"{cfg.sched} over {cfg.epochs} epochs, "
+                f"warmup {cfg.warmup_epochs} epochs",
+                "label_smoothing": cfg.label_smoothing,
+            },
             "input": [1, 28, 28],
-            "batch_size": args.batch_size,
+            "batch_size": cfg.batch_size,
             "data": source,
-            "scheme": "channel",
-            "energy": args.energy,
-            "period": args.period,
-            "nuclear_weight": 3e-4,
+            "scheme": cfg.scheme,
+            "layers": cfg.layers,
+            "energy": cfg.energy,
+            "period": cfg.period,
+            "nuclear_weight": cfg.nuclear_weight,
             "method": args.method,
-            "warmup_steps": args.warmup_blocks * args.period,
-            "timed_steps_per_model": args.blocks * args.period,
+            "steps_per_model": blocks * cfg.period,
+            "timed_steps_per_model": timed_steps,
             "threads": torch.get_num_threads(),
         },
-        "plain_step_s": round(step_plain, 5),
-        "trp_step_s": round(step_trp, 5),
-        "overhead_ratio": round(step_trp / step_plain, 4),
-        "overhead_pct": round(100 * (step_trp / step_plain - 1), 2),
-        "median_block_ratio": round(
-            statistics.median(a / b for a, b in zip(t_trp, t_plain, strict=True)), 4
+        "plain_step_s": round(sum(plain.block_seconds) / timed_steps, 5),
+        "trp_step_s": round(sum(trained.block_seconds) / timed_steps, 5),
+        **overhead(plain.block_seconds, trained.block_seconds),
+        "projection_share_of_trp_time": round(
+            sum(projection_seconds) / sum(trained.block_seconds), 4
         ),
-        "projection_share_of_trp_time": round(projection_share, 4),
-        "projection_s_mean": round((hook.projection_seconds - proj_before) / projections, 4),
-        "full_decompositions_while_timed": hook.full_decompositions - full_before,
+        "projection_s_mean": round(statistics.mean(projection_seconds), 4),
+        "full_decompositions": sum(full),
+        "tracked_decompositions": hook.tracked_decompositions,
+        "by_epoch": by_epoch,
+        # step i of a block is optimizer step 20b + i: TRP projects after step 18 (its
+        # 19th, ``TRP.is_period_step``) and adds the nuclear-norm direction in step 19
+        "median_overhead_pct_by_step_in_block": [
+            round(100 * (statistics.median(t[i] / p[i] for t, p in pairs) - 1), 1)
+            for i in range(cfg.period)
+        ],
         "ranks_at_end": hook.ranks,
         "projection_s_by_method_on_final_weights": {
-            m: round(projection_cost(trained, m, args.energy), 4) for m in METHODS
+            m: round(projection_cost(trained.model, m, cfg), 4) for m in METHODS
         },
         "machine": {
             "platform": platform.platform(),
@@ -192,13 +273,14 @@ def main() -> None:
             "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "software": software_versions(),
-        "command": "python " + " ".join(sys.argv),
+        "command": shlex.join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
     }
     write_json(args.output, result)
     print(
         json.dumps(
-            {k: v for k, v in result.items() if k not in ("ranks_at_end", "machine")}, indent=2
+            {k: v for k, v in result.items() if k not in ("ranks_at_end", "machine", "by_epoch")},
+            indent=2,
         )
     )
 

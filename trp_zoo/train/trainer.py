@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -50,6 +51,33 @@ RESUME_IDENTITY = ("model", "model_kwargs", "dataset", "trp", "project", "layers
 TargetPlanner = Callable[
     [nn.Module, TrainConfig, tuple[int, int, int], Tensor | None], dict[str, Any]
 ]
+
+
+def recipe_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer a recipe trains ``module`` with: timm's factory at ``cfg``'s settings."""
+    return create_optimizer_v2(
+        module, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+    )
+
+
+def recipe_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> Scheduler:
+    """The recipe's learning-rate schedule over ``cfg.epochs``, stepped once per optimizer
+    update (``scheduler.step_update(num_updates=...)``)."""
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        decay_milestones=cfg.decay_milestones or [cfg.epochs + 1],
+        decay_rate=cfg.decay_rate,
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.lr * 0.01,
+        min_lr=cfg.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    return scheduler
 
 
 @dataclass
@@ -150,25 +178,8 @@ class Trainer:
             batches = min(batches, cfg.limit_train_batches)
         self.batches_per_epoch = batches
         self.steps_per_epoch = math.ceil(batches / cfg.accum_steps)
-        self.optimizer = create_optimizer_v2(
-            self.module,
-            opt=cfg.opt,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum,
-        )
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer,
-            sched=cfg.sched,
-            num_epochs=cfg.epochs,
-            decay_milestones=cfg.decay_milestones or [cfg.epochs + 1],
-            decay_rate=cfg.decay_rate,
-            warmup_epochs=cfg.warmup_epochs,
-            warmup_lr=cfg.lr * 0.01,
-            min_lr=cfg.min_lr,
-            step_on_epochs=False,
-            updates_per_epoch=self.steps_per_epoch,
-        )
+        self.optimizer = recipe_optimizer(self.module, cfg)
+        self.scheduler = recipe_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "none")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
