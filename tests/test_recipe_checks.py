@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.fakedata import write_fashion_mnist
+from trp_zoo.train.config import SCHEDULERS
 from trp_zoo.train.recipe import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,10 @@ def _config(*args: str):
         (["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0 (0: once per epoch)"),
         (["--workers", "-1"], "--workers must be >= 0 (0: load in the main process), got -1"),
         (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+        (
+            ["--opt", "adamx"],
+            "--opt 'adamx' is not a timm optimizer (e.g. sgd, adamw). Did you mean: adamax",
+        ),
         (["--rank-plan", "DIR"], "is a directory: give a JSON file {layer name: rank}"),
         (
             ["--pretrained", "missing.pth"],
@@ -198,6 +203,33 @@ def test_bad_numbers_and_paths_are_refused_by_the_config(args, message, tmp_path
     with pytest.raises(ValueError) as exc:
         _config(*args)
     assert message in str(exc.value)
+
+
+def test_lookahead_optimizers_pass_the_check() -> None:
+    assert _config("--opt", "lookahead_adamw").opt == "lookahead_adamw"
+
+
+@pytest.mark.parametrize("sched", ["none", "plateau", "wsd"])
+def test_schedulers_the_trainer_cannot_step_are_refused_by_the_parser(sched, capsys) -> None:
+    """timm builds no scheduler for none (the trainer then failed on None), plateau steps only
+    per epoch on a metric, wsd needs decay epochs: each used to fail after the data loaded."""
+    with pytest.raises(SystemExit) as exc:
+        _config("--sched", sched)
+    assert exc.value.code == 2
+    assert f"invalid choice: '{sched}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS)
+def test_every_offered_scheduler_steps_per_update(sched) -> None:
+    from trp_zoo.train.trainer import recipe_optimizer, recipe_scheduler
+
+    cfg = _config("--sched", sched, "--epochs", "3", "--decay-milestones", "2")
+    optimizer = recipe_optimizer(torch.nn.Linear(2, 2), cfg)
+    scheduler = recipe_scheduler(optimizer, cfg, steps_per_epoch=4)
+    for update in range(1, 13):
+        scheduler.step_update(num_updates=update)
+    scheduler.step(3)
+    assert 0 <= optimizer.param_groups[0]["lr"] <= cfg.lr
 
 
 def test_warmup_as_long_as_the_run_is_allowed() -> None:

@@ -10,13 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timm.optim import list_optimizers
 from timm.utils import ParseKwargs
 
 from ..cli import ArgumentParser
 from ..lowrank.linears import LAYER_KINDS, LayerKind
 from ..lowrank.schemes import SCHEMES
 from ..lowrank.svd import METHODS
+from ..modules import close_matches
 from .data import DATASETS
+
+# timm schedulers the trainer can step once per optimizer update; timm's others need what a
+# TrainConfig does not carry (plateau: an eval metric per epoch; wsd, rsqrt: decay epochs)
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant")
 
 
 @dataclass
@@ -136,7 +142,7 @@ def build_parser(defaults: TrainConfig, description: str | None = None) -> argpa
     g.add_argument("--opt", default=d.opt, help="timm optimizer name")
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--sched", default=d.sched, help="timm scheduler: cosine, step, multistep, ...")
+    g.add_argument("--sched", choices=SCHEDULERS, default=d.sched, help="timm scheduler")
     g.add_argument("--decay-milestones", type=int, nargs="*", default=d.decay_milestones)
     g.add_argument("--decay-rate", type=float, default=d.decay_rate)
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
@@ -264,6 +270,14 @@ def validate(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
+    optimizer = cfg.opt.lower().split("_")[-1]  # timm reads lookahead_NAME as NAME, wrapped
+    if optimizer not in list_optimizers():
+        problems.append(
+            f"--opt {cfg.opt!r} is not a timm optimizer (e.g. sgd, adamw)."
+            + close_matches(optimizer, list_optimizers())
+        )
+    if cfg.sched not in SCHEDULERS:
+        problems.append(f"--sched must be one of {', '.join(SCHEDULERS)}, got {cfg.sched!r}")
     for name in ("nuclear_weight", "weight_decay", "momentum", "min_lr"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
