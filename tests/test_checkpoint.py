@@ -161,6 +161,33 @@ def test_bad_arguments_are_refused_before_writing(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_failed_write_is_one_error_and_keeps_the_old_checkpoint(tmp_path, monkeypatch) -> None:
+    """A full disk (or a path that cannot hold files) used to surface as a raw OSError about
+    a hidden temporary name; the previous checkpoint must survive it."""
+    import os
+
+    from trp_zoo.errors import WriteError
+
+    path = save_tiny(tmp_path / "ckpt")
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
+    real_replace = os.replace
+
+    def full_disk(src, dst):  # the finished temporary directory cannot be moved in
+        if Path(dst) == path and Path(src).name.startswith(".ckpt.tmp-"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(WriteError) as exc:
+        save_tiny(path, tiny_factorized(seed=1))
+    message = str(exc.value)
+    assert message.startswith(f"could not write {path} ([Errno 28] No space left on device; ")
+    assert message.endswith("MiB free there): choose a writable directory with free space")
+    assert "\n" not in message
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary left
+
+
 def test_dense_model_is_refused(tmp_path: Path) -> None:
     dense = timm.create_model("resnet18", channels=(8, 16, 32, 64), num_classes=10)
     with pytest.raises(ValueError, match="no factorized layers: decompose it first"):

@@ -216,6 +216,13 @@ def test_rank_callable_below_one_is_an_error(bad: int) -> None:
         decompose(small_net(), "channel", rank=lambda s: bad)
 
 
+def test_decompose_names_a_misplaced_rank_and_a_model_that_is_not_built() -> None:
+    with pytest.raises(TypeError, match=r"second argument is the scheme .* rank=0\.9\)"):
+        decompose(small_net(), 0.9)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a torch nn\.Module, got str: build the model"):
+        decompose("resnet18", rank=0.9)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "why"),
     [

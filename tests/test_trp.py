@@ -216,6 +216,11 @@ def test_bad_arguments() -> None:
     for rank in (0, -2, 1.5):  # refused when built, naming the layer, not at a projection
         with pytest.raises(ValueError, match=rf"rank plan entry '4': .*got {rank}"):
             TRP(model, plan={"4": rank})
+    with pytest.raises(ValueError, match="nuclear_weight must be a finite number >= 0, got nan"):
+        TRP(model, nuclear_weight=float("nan"))  # nan < 0 is False: it used to be accepted
+    for rank in (0, "3"):  # a forced rank is checked like a plan entry, naming the layer
+        with pytest.raises(ValueError, match=rf"rank plan entry '4': .*got {rank!r}"):
+            TRP(model).project({"4": rank})
     other = torch.optim.SGD(net().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer does not update"):
         TRP(model).attach(other)

@@ -33,5 +33,10 @@ class PublishError(ZooError, RuntimeError):
     """Publishing a checkpoint failed or was refused."""
 
 
+class WriteError(ZooError, OSError):
+    """A file or directory could not be written (permissions, a full disk, a path that
+    cannot hold files)."""
+
+
 class DataError(ZooError, ValueError):
     """Data that cannot be found or is not in the expected on-disk format or shape."""

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import torch
 
+from .errors import WriteError
+
 
 def writable_dir_problem(path: Path, what: str) -> str | None:
     """Create ``path`` as a directory; a one-line problem naming ``what``, or None."""
@@ -30,6 +32,25 @@ def writable_dir_problem(path: Path, what: str) -> str | None:
     except OSError as err:
         return f"cannot create {what} {path} ({err.strerror or err}): choose a writable path"
     return None
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system of ``path`` (or of its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return 0
+
+
+def write_error(path: Path, err: BaseException, fix: str) -> WriteError:
+    """The one-line error for a failed write of ``path``: the cause, the free space, ``fix``."""
+    cause = (str(err).splitlines() or [type(err).__name__])[0][:160]
+    return WriteError(
+        f"could not write {path} ({cause}; {free_bytes(path.parent) / 2**20:.0f} MiB free "
+        f"there): {fix}"
+    )
 
 
 def _sibling(path: Path, tag: str) -> Path:

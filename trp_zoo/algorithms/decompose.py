@@ -78,6 +78,16 @@ def decompose(
     which nothing is factorized is returned with a warning. ``method`` picks the SVD:
     ``exact`` or ``gram`` (faster).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"decompose takes a torch nn.Module, got {type(model).__name__}: build the model "
+            "first, e.g. timm.create_model('resnet18')"
+        )
+    if not isinstance(scheme, str | Scheme):
+        raise TypeError(
+            f"decompose's second argument is the scheme ('channel' or 'spatial'), got "
+            f"{scheme!r}: pass the rank by keyword, decompose(model, rank={scheme!r})"
+        )
     if rank is None:
         raise ValueError(
             "decompose needs rank=: an int, an energy threshold in (0, 1), a {name: rank} plan "

@@ -16,6 +16,7 @@ weight's gradient. Optimizer state (momentum, Adam moments) is left untouched.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -59,8 +60,8 @@ class TRP:
     ) -> None:
         if isinstance(period, bool) or not isinstance(period, int) or period < 1:
             raise ValueError(f"period must be a positive int (optimizer steps), got {period!r}")
-        if nuclear_weight < 0:
-            raise ValueError(f"nuclear_weight must be >= 0, got {nuclear_weight!r}")
+        if not math.isfinite(nuclear_weight) or nuclear_weight < 0:
+            raise ValueError(f"nuclear_weight must be a finite number >= 0, got {nuclear_weight!r}")
         self.model = unwrap_model(model)
         self.scheme = get_scheme(scheme)
         self.criterion = energy if isinstance(energy, RankCriterion) else EnergyThreshold(energy)
@@ -158,6 +159,7 @@ class TRP:
         ``project=False`` (nuclear norm only).
         """
         if ranks is not None:
+            ranks = validated_plan(ranks)
             unknown = set(ranks) - set(self.targets)
             if unknown:
                 raise ValueError(

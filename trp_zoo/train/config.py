@@ -271,10 +271,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr <= 0:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
     optimizer = cfg.opt.lower().split("_")[-1]  # timm reads lookahead_NAME as NAME, wrapped
-    if optimizer not in list_optimizers():
+    optimizers = [name for name in list_optimizers() if isinstance(name, str)]
+    if optimizer not in optimizers:
         problems.append(
             f"--opt {cfg.opt!r} is not a timm optimizer (e.g. sgd, adamw)."
-            + close_matches(optimizer, list_optimizers())
+            + close_matches(optimizer, optimizers)
         )
     if cfg.sched not in SCHEDULERS:
         problems.append(f"--sched must be one of {', '.join(SCHEDULERS)}, got {cfg.sched!r}")

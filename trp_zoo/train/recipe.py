@@ -20,7 +20,6 @@ from .data import DataBundle, build_data
 from .distributed import DistInfo, cleanup, init_distributed
 from .finalize import finalize
 from .preflight import check_model, preflight
-from .resume import CheckpointWriteError
 from .trainer import TargetPlanner, Trainer
 
 
@@ -105,7 +104,7 @@ def run_recipe(
             raise SystemExit(f"error: {err}") from None
         try:
             trainer.fit()
-        except (FileExistsError, CheckpointWriteError, ZooError) as err:
+        except (FileExistsError, ZooError) as err:
             raise SystemExit(f"error: {err}") from None
         return finalize(trainer, recipe)
     finally:

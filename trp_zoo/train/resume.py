@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..fileio import torch_save
+from ..fileio import torch_save, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +57,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class CheckpointWriteError(OSError):
-    """A training checkpoint could not be written (disk full, permissions, ...)."""
-
-
 def partial_checkpoints(output_dir: str | Path) -> list[Path]:
     """Temporary files of checkpoint writes that were killed (``.step-*.pt.tmp-*``)."""
     folder = checkpoint_dir(output_dir)
@@ -82,23 +77,16 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any]) ->
     try:
         torch_save(state, path)
     except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
-        free = _free_bytes(path.parent)
-        raise CheckpointWriteError(
-            f"could not write the checkpoint {path} ({str(err).splitlines()[0][:160]}; "
-            f"{free / 2**20:.0f} MiB free there): free disk space or choose another "
-            "--output-dir, then rerun with --resume to continue from the last checkpoint"
+        raise write_error(
+            path,
+            err,
+            "free disk space or choose another --output-dir, then rerun with --resume to "
+            "continue from the last checkpoint",
         ) from None
     for old in list_checkpoints(output_dir)[KEEP:]:
         old.unlink(missing_ok=True)
     remove_partial_checkpoints(output_dir)
     return path
-
-
-def _free_bytes(folder: Path) -> int:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return 0
 
 
 def load_latest(

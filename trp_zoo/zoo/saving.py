@@ -15,8 +15,8 @@ import timm
 from torch import nn
 
 from ..algorithms.decompose import factorized_scheme, rank_plan
-from ..errors import CheckpointError
-from ..fileio import atomic_directory, write_json
+from ..errors import CheckpointError, ZooError
+from ..fileio import atomic_directory, write_error, write_json
 from ..lowrank.factorized import FactorizedLinear
 from ..lowrank.macs import count_flops, count_params
 from ..modules import close_matches, unwrap_model
@@ -184,38 +184,43 @@ def save_pretrained(
     if repo_id is None and register_as is not None:
         repo_id = getattr(REGISTRY.get(register_as), "repo_id", None)
     args = {**(model_args or {}), "base_architecture": base, "scheme": scheme, "rank_plan": plan}
-    with atomic_directory(path) as tmp:
-        config = write_config(
-            m,
-            tmp / CONFIG_NAME,
-            model_args=args,
-            pretrained_cfg=dict(pretrained_cfg or {}),
-            label_names=label_names,
-            license=license,
-        )
-        _check_rebuilds(tmp, m)
-        write_weights(m.state_dict(), tmp / WEIGHTS_NAME)
-        input_size = tuple(config["pretrained_cfg"]["input_size"])
-        results = build_results(
-            name=name,
-            repo_id=repo_id,
-            architecture={
-                "base_architecture": base,
-                "scheme": scheme,
-                "factorized_layers": len(plan),
-                "factorized_linear_layers": sum(
-                    isinstance(m.get_submodule(n), FactorizedLinear) for n in plan
-                ),
-                "input_size": list(input_size),
-            },
-            metrics=_with_counts(m, input_size, checked_metrics),
-            speedups=checked_speedups,
-            provenance=prov,
-            input_size=input_size,
-        )
-        write_json(tmp / RESULTS_NAME, results)
-        card = build_card(results, config, repo_id=repo_id, license=license, tags=tags)
-        card.save(tmp / CARD_NAME)
+    try:
+        with atomic_directory(path) as tmp:
+            config = write_config(
+                m,
+                tmp / CONFIG_NAME,
+                model_args=args,
+                pretrained_cfg=dict(pretrained_cfg or {}),
+                label_names=label_names,
+                license=license,
+            )
+            _check_rebuilds(tmp, m)
+            write_weights(m.state_dict(), tmp / WEIGHTS_NAME)
+            input_size = tuple(config["pretrained_cfg"]["input_size"])
+            results = build_results(
+                name=name,
+                repo_id=repo_id,
+                architecture={
+                    "base_architecture": base,
+                    "scheme": scheme,
+                    "factorized_layers": len(plan),
+                    "factorized_linear_layers": sum(
+                        isinstance(m.get_submodule(n), FactorizedLinear) for n in plan
+                    ),
+                    "input_size": list(input_size),
+                },
+                metrics=_with_counts(m, input_size, checked_metrics),
+                speedups=checked_speedups,
+                provenance=prov,
+                input_size=input_size,
+            )
+            write_json(tmp / RESULTS_NAME, results)
+            card = build_card(results, config, repo_id=repo_id, license=license, tags=tags)
+            card.save(tmp / CARD_NAME)
+    except OSError as err:
+        if isinstance(err, ZooError):
+            raise
+        raise write_error(path, err, "choose a writable directory with free space") from None
     if register_as is not None:
         register_local(path, register_as)
     return path
