@@ -86,6 +86,9 @@ def fashion_mnist(
     )
 
 
+SENSITIVITY_FLAG = "--sensitivity-data"  # images that price ranks: never random ones
+
+
 def image_folder(
     root: str | os.PathLike[str],
     data_config: Mapping[str, Any],
@@ -100,9 +103,10 @@ def image_folder(
 
     root = Path(root)
     if not root.is_dir():
+        named = "or 'fashion-mnist'" if flag == SENSITIVITY_FLAG else "'fashion-mnist', or 'random'"
         raise DataError(
             f"{flag} {root}: no such directory; pass an ImageFolder directory "
-            "(one sub-directory of images per class), 'fashion-mnist', or 'random'"
+            f"(one sub-directory of images per class), {named}"
         )
     # a model's pretrained_cfg holds more than preprocessing (url, custom_load, ...):
     # timm's own resolver keeps what create_transform takes
@@ -155,13 +159,14 @@ def resolve_eval_data(
     max_images: int | None = None,
     random_count: int = 64,
     split: str = "test",
+    flag: str = "--data",
 ) -> EvalData:
     """Pick the evaluation set for ``--data``.
 
     ``None``: Fashion-MNIST when the model was trained on it (``dataset_hint``), else random
     inputs. ``fashion-mnist``, ``random``, a directory holding Fashion-MNIST's IDX files, or
     an ImageFolder directory select explicitly. ``split`` picks Fashion-MNIST's split
-    (an ImageFolder directory is read as given).
+    (an ImageFolder directory is read as given); ``flag`` is the option errors name.
     """
     mean = data_config.get("mean", (0.0,))
     std = data_config.get("std", (1.0,))
@@ -177,7 +182,7 @@ def resolve_eval_data(
     try:
         folder = find_fashion_mnist(data)
     except FileNotFoundError:
-        return image_folder(data, data_config, max_images=max_images)
+        return image_folder(data, data_config, max_images=max_images, flag=flag)
     return fashion_mnist(input_size, mean, std, max_images=max_images, root=folder, split=split)
 
 
@@ -193,7 +198,11 @@ def check_sensitivity_source(data: str, count: int) -> None:
 
 
 def sensitivity_images(
-    data: str, model: nn.Module, input_size: tuple[int, int, int], count: int
+    data: str,
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    count: int,
+    flag: str = SENSITIVITY_FLAG,
 ) -> torch.Tensor:
     """The first ``count`` training images of ``data`` (``fashion-mnist``, a directory of
     its IDX files, or an ImageFolder of training images), preprocessed for ``model``: what
@@ -212,6 +221,7 @@ def sensitivity_images(
         data_config={**cfg, "input_size": input_size},
         max_images=count,
         split="train",
+        flag=flag,
     )
     return torch.cat([x for x, _ in images.batches(256)])
 

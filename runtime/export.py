@@ -78,6 +78,11 @@ def export_onnx(
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    if opset > onnx.defs.onnx_opset_version():  # the exporter would fall back to its own
+        raise ValueError(
+            f"opset {opset} is newer than the installed onnx {onnx.__version__} knows: use "
+            f"{MIN_OPSET} to {onnx.defs.onnx_opset_version()}"
+        )
     size = check_input_size(input_size)
     path = Path(path)
     key = {
@@ -93,6 +98,12 @@ def export_onnx(
     try:
         example = torch.randn(2, *size, generator=torch.Generator().manual_seed(seed))
         proto = _export_proto(model, example, opset)
+        exported_opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        if exported_opset != opset:
+            raise ExportError(
+                f"torch {torch.__version__} exported opset {exported_opset} when asked for "
+                f"opset {opset}: use --opset {exported_opset}, or {DEFAULT_OPSET} (the default)"
+            )
         write_bytes(path, proto.SerializeToString())
         check_onnx(path)
         diff = compare_with_torch(path, model, size, batch=check_batch, seed=seed + 1)

@@ -77,6 +77,16 @@ def test_old_opset_is_refused(tmp_path):
         export_onnx(tiny_resnet(), tmp_path / "m.onnx", INPUT_SIZE, opset=13)
 
 
+def test_opset_newer_than_onnx_is_refused_before_exporting(tmp_path):
+    """The exporter used to fall back to its own opset, with logged tracebacks, and the
+    build recorded the opset asked for."""
+    newest = onnx.defs.onnx_opset_version()
+    asked = newest + 1
+    with pytest.raises(ValueError, match=rf"opset {asked} is newer than .* use 17 to {newest}"):
+        export_onnx(tiny_resnet(), tmp_path / "m.onnx", INPUT_SIZE, opset=asked)
+    assert not list(tmp_path.iterdir())
+
+
 def test_reexport_of_the_same_model_is_reused_and_changed_weights_are_not(factorized_export):
     model, first = factorized_export
     stamp = first.path.stat().st_mtime_ns

@@ -184,7 +184,11 @@ def test_cli_plan_with_sensitivity_data(
     [
         (["--sensitivity-data", "random"], "random inputs say nothing"),
         (["--sensitivity-data", "fashion-mnist", "--sensitivity-images", "0"], ">= 1, got 0"),
-        (["--sensitivity-data", "/no/such/dir"], "no such directory"),
+        (  # names the flag given (it said --data) and offers no random inputs
+            ["--sensitivity-data", "/no/such/dir"],
+            "--sensitivity-data /no/such/dir: no such directory; pass an ImageFolder directory "
+            "(one sub-directory of images per class), or 'fashion-mnist'\n",
+        ),
     ],
 )
 def test_cli_plan_rejects_bad_sensitivity_data(
