@@ -335,6 +335,29 @@ def test_unknown_base_architecture_names_config_json(tmp_path) -> None:
         trp_zoo.load(str(path))
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "cause"),
+    [
+        ("scheme", "diagonal", "unknown scheme 'diagonal'"),
+        ("rank_plan", {"nope.conv": 3}, "rank plan names 'nope.conv'"),
+    ],
+)
+def test_model_args_that_do_not_fit_the_base_name_config_json(
+    tmp_path, field: str, value: object, cause: str
+) -> None:
+    """They used to surface as the bare ValueError of factorize_architecture, naming no file."""
+    import json
+
+    path = save_tiny(tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    config["model_args"][field] = value
+    (path / "config.json").write_text(json.dumps(config))
+    expected = rf"^{re.escape(str(path))}: config.json's model_args .* \({cause}.*\): the config"
+    for load in (trp_zoo.load, timm.create_model):
+        with pytest.raises(CheckpointError, match=expected):
+            load(f"local-dir:{path}")
+
+
 def test_publish_to_a_directory_under_a_file_is_one_line(tmp_path, capsys) -> None:
     from zoo_models import save_tiny
 

@@ -48,9 +48,16 @@ def _base_pretrained_cfg(base: str) -> dict[str, Any]:
     return out
 
 
-def _build(base: str, scheme: str, plan: Mapping[str, int], **kwargs: Any) -> nn.Module:
+def _build(where: str, base: str, scheme: str, plan: Mapping[str, int], **kwargs: Any) -> nn.Module:
     model = timm.create_model(base, pretrained=False, **kwargs)
-    return factorize_architecture(model, scheme, plan)
+    try:
+        return factorize_architecture(model, scheme, plan)
+    except ValueError as err:  # a scheme or rank plan this base model cannot take
+        raise CheckpointError(
+            f"{where}: config.json's model_args (scheme {scheme!r}, rank_plan) do not fit "
+            f"{base} ({err}): the config.json is damaged or belongs to another model; save or "
+            "download the checkpoint again"
+        ) from None
 
 
 def _where(cfg: Mapping[str, Any]) -> str:
@@ -157,7 +164,7 @@ def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     )
     try:
         return build_model_with_cfg(
-            partial(_build, base, scheme, plan),
+            partial(_build, _where(cfg), base, scheme, plan),
             ARCHITECTURE,
             pretrained,
             pretrained_cfg=cfg,
