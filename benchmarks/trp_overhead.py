@@ -3,7 +3,7 @@ r"""TRP overhead: training-step time with the TRP hook attached vs plain trainin
 Setting: a Fashion-MNIST recipe's model (``--recipe``: resnet18 by default, or the ViT
 whose Linears TRP trains) with one input channel, 28x28 inputs, Fashion-MNIST batches
 (random data where the data set is absent), trained as the recipe trains it for a whole
-run of ``--epochs`` (default 4, the README demo's): its optimizer and learning-rate
+run of ``--epochs`` (default 4; the README demo trains 5): its optimizer and learning-rate
 schedule (built by the trainer's own ``recipe_optimizer`` and ``recipe_scheduler``),
 loss, batch size, TRP scheme, energy, period and nuclear weight (``DEFAULTS`` of the
 recipe script; the flags below override some of them).
@@ -132,7 +132,7 @@ def parse_args() -> argparse.Namespace:
         "--epochs",
         type=int,
         default=4,
-        help="length of the run and of its lr schedule (default 4, the README demo's)",
+        help="length of the run and of its lr schedule (default 4)",
     )
     parser.add_argument("--period", type=int, help="default: the recipe's")
     parser.add_argument("--energy", type=float, help="energy kept (default: the recipe's)")
