@@ -3,11 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
+from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from timm.layers.padding import pad_same
 from torch import nn
 
 from trp_zoo import FactorizedConv2d, decompose, densify, get_scheme, rank_plan
+from trp_zoo.algorithms.decompose import project_weights
 from trp_zoo.lowrank.convs import ConvGeometry, effective_weight
 from trp_zoo.lowrank.svd import exact_svd
 
@@ -33,11 +34,15 @@ CONVS = {
     "timm_std_conv": lambda: StdConv2d(16, 24, 3, padding=1),
     "timm_scaled_std_conv": lambda: ScaledStdConv2d(16, 24, 3, padding=1),
 }
+STD_SAME = {
+    "timm_std_conv_same_stride2": lambda: StdConv2dSame(16, 24, 3, stride=2),
+    "timm_scaled_std_conv_same_stride2": lambda: ScaledStdConv2dSame(16, 24, 3, stride=2),
+}
 
 
 def reference(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The conv applied with ``weight`` in place of its effective kernel."""
-    if isinstance(conv, Conv2dSame):
+    if ConvGeometry.of(conv).dynamic_same:
         x = pad_same(x, list(conv.kernel_size), list(conv.stride), list(conv.dilation))
         padding = (0, 0)
     else:
@@ -154,3 +159,20 @@ def test_only_cost_lowering_ranks_factorize() -> None:
         out = decompose(nn.Sequential(conv), "channel", rank={"0": 58})
     assert rank_plan(out) == {}
     assert rank_plan(decompose(nn.Sequential(conv), "channel", rank={"0": 57})) == {"0": 57}
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("kind", sorted(CONVS) + sorted(STD_SAME))
+def test_project_weights_applies_the_truncated_effective_kernel(kind: str, scheme: str) -> None:
+    """The dense reference of the checks: a weight-standardized conv must not standardize its
+    truncated kernel again."""
+    conv = {**CONVS, **STD_SAME}[kind]()
+    if conv.bias is not None:
+        nn.init.normal_(conv.bias)
+    rank = max(1, get_scheme(scheme).max_useful_rank(ConvGeometry.of(conv)) // 2)
+    x = torch.randn(2, conv.in_channels, 15, 17)
+    with torch.no_grad():
+        expected = reference(conv, projected_weight(conv, scheme, rank), x)
+        got = project_weights(nn.Sequential(conv), scheme, {"0": rank})(x)
+    rel = (got - expected).abs().max() / expected.abs().max()
+    assert rel < 1e-5, f"{kind}/{scheme}: relative error {rel:.2e}"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..lowrank.convs import ConvGeometry
+from ..lowrank.convs import ConvGeometry, is_plain
 from ..lowrank.criteria import RankCriterion, RankLike, as_criterion
 from ..lowrank.factorized import FACTORIZED_TYPES, FactorizedConv2d, FactorizedLinear
 from ..lowrank.linears import (
@@ -234,9 +234,17 @@ def project_weights(model: nn.Module, scheme: str | Scheme, plan: Mapping[str, i
     vplan = validated_plan(plan)
     for name, layer in select_targets(new, names=vplan.keys()).items():
         sch = layer_scheme(layer, scheme)
-        u, s, vh = svd(sch.to_matrix(layer.weight), "exact")
+        u, s, vh = svd(sch.to_matrix(effective_weight(layer)), "exact")
         r = vplan[name]
         low = (u[:, :r] * s[:r]) @ vh[:r]
+        if isinstance(layer, nn.Conv2d) and not is_plain(layer):
+            # a weight-standardized conv would standardize the truncated kernel again
+            plain = ConvGeometry.of(layer).build_conv().to(layer.weight.device)
+            if layer.bias is not None and plain.bias is not None:
+                plain.bias.copy_(layer.bias)
+            plain.train(layer.training)
+            set_submodule(new, name, plain)
+            layer = plain
         layer.weight.copy_(sch.from_matrix(low, tuple(layer.weight.shape)).to(layer.weight.dtype))
     return new
 
@@ -248,8 +256,6 @@ def densify(model: nn.Module) -> nn.Module:
     The dense model computes the same function (up to float rounding): the dense
     counterpart against which speed-ups are measured.
     """
-    from timm.layers import Conv2dSame
-
     new = copy.deepcopy(unwrap_model(model))
     for name, layer in list(new.named_modules()):
         if isinstance(layer, FactorizedLinear):
@@ -257,23 +263,7 @@ def densify(model: nn.Module) -> nn.Module:
             continue
         if not isinstance(layer, FactorizedConv2d):
             continue
-        g = layer.geom
-        conv: nn.Conv2d
-        if g.dynamic_same:
-            conv = Conv2dSame(
-                g.in_channels, g.out_channels, g.kernel_size, g.stride, 0, g.dilation, bias=g.bias
-            )
-        else:
-            conv = nn.Conv2d(
-                g.in_channels,
-                g.out_channels,
-                g.kernel_size,
-                stride=g.stride,
-                padding=g.padding,
-                dilation=g.dilation,
-                bias=g.bias,
-                padding_mode=g.padding_mode,
-            )
+        conv = layer.geom.build_conv()
         weight = layer.dense_weight()
         conv.to(device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)

@@ -60,6 +60,29 @@ class ConvGeometry:
         """The ``1 x 1`` stride-1 conv a Linear ``in_features -> out_features`` is per token."""
         return cls(in_features, out_features, (1, 1), bias=bias)
 
+    def build_conv(self) -> nn.Conv2d:
+        """A plain dense conv of this geometry (timm's ``Conv2dSame`` for dynamic padding)."""
+        if self.dynamic_same:
+            return Conv2dSame(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                self.stride,
+                0,
+                self.dilation,
+                bias=self.bias,
+            )
+        return nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=self.bias,
+            padding_mode=self.padding_mode,
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
