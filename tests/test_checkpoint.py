@@ -14,6 +14,8 @@ from zoo_models import INPUT_SIZE, METRICS, PROVENANCE, outputs, save_tiny, tiny
 
 import trp_zoo
 from trp_zoo import CheckpointError, FactorizedConv2d
+from trp_zoo.algorithms.decompose import factorize_architecture
+from trp_zoo.algorithms.layers import select_targets
 from trp_zoo.zoo.model_repo import DIGEST_KEY, WEIGHTS_NAME
 
 
@@ -369,3 +371,37 @@ def test_publish_to_a_directory_under_a_file_is_one_line(tmp_path, capsys) -> No
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / "file") in err[0]
+
+
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [
+        ("resnet10t", {}),  # FeatureListNet over the model's own children
+        ("rexnet_100", {}),  # flatten_sequential: 'features.3' becomes 'features_3'
+        ("vit_tiny_patch16_224", {"img_size": 32, "depth": 3}),  # FeatureGetterNet: 'model.'
+        ("hrnet_w18_small", {}),  # a features class of its own
+    ],
+)
+def test_features_only_uses_the_base_models_feature_extractor(
+    tmp_path: Path, arch: str, kwargs: dict
+) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=4, **kwargs)
+    low = factorize_architecture(model, "channel", {n: 2 for n in select_targets(model)})
+    path = trp_zoo.save_pretrained(low, tmp_path / arch, pretrained_cfg={"input_size": (3, 32, 32)})
+    full = trp_zoo.load(path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for features in (
+        trp_zoo.load(path, features_only=True),
+        timm.create_model(f"local-dir:{path}", pretrained=True, features_only=True),
+    ):
+        assert trp_zoo.rank_plan(features)  # factorized, not the dense base
+        with torch.no_grad():
+            got = features.eval()(x)
+            expected = full.forward_intermediates(x, indices=len(got), intermediates_only=True)
+        assert [t.shape for t in got] == [t.shape for t in expected]
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
+    picked = trp_zoo.load(path, features_only=True, out_indices=(1, 2)).eval()
+    with torch.no_grad():
+        assert [t.shape for t in picked(x)] == [t.shape for t in expected[1:3]]

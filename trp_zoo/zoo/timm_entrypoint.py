@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -34,6 +34,8 @@ from .model_repo import ARCHITECTURE, WEIGHTS_NAME, verify_weights, weights_mism
 
 _REQUIRED = ("base_architecture", "scheme", "rank_plan")
 _WEIGHT_SOURCES = ("url", "file", "state_dict", "hf_hub_id")
+_FEATURE_ARGS = ("out_indices", "feature_cls", "feature_cfg")
+_LOADING_ARGS = ("cache_dir", "pretrained_cfg_overlay")
 
 
 def _base_pretrained_cfg(base: str) -> dict[str, Any]:
@@ -124,6 +126,8 @@ def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     ``rank_plan`` (``{layer name: rank}``); the rest (``num_classes``, ``in_chans``, ...)
     go to ``timm.create_model(base_architecture, ...)``.
     """
+    features_only = bool(kwargs.pop("features_only", False))
+    feature_args = {k: kwargs.pop(k) for k in _FEATURE_ARGS if k in kwargs}
     missing = [k for k in _REQUIRED if k not in kwargs]
     if missing:
         raise CheckpointError(
@@ -163,7 +167,7 @@ def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         summary=f"{base}, {scheme} scheme, {len(plan)} factorized layers",
     )
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             partial(_build, _where(cfg), base, scheme, plan),
             ARCHITECTURE,
             pretrained,
@@ -175,3 +179,56 @@ def trp_factorized(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         raise CheckpointError(
             f"{_where(cfg)}: {WEIGHTS_NAME} is corrupt ({err}); download or save it again"
         ) from None
+    if not features_only:
+        return model
+    model_args = {k: v for k, v in kwargs.items() if k not in _LOADING_ARGS}
+    return _feature_extractor(model, base, scheme, plan, {**model_args, **feature_args})
+
+
+def _feature_extractor(
+    full: nn.Module, base: str, scheme: str, plan: Mapping[str, int], kwargs: dict[str, Any]
+) -> nn.Module:
+    """``features_only``: the base architecture's own feature extractor (timm builds it with
+    the base's feature settings), factorized by the plan and holding ``full``'s weights."""
+    from timm.models._builder import pretrained_cfg_for_features
+
+    features = timm.create_model(base, pretrained=False, features_only=True, **kwargs)
+    names = {n for n, _ in full.named_modules()} | set(full.state_dict())
+
+    def in_full(name: str) -> str | None:
+        """The full model's name of a feature extractor's module or tensor."""
+        head, _, rest = name.partition(".")
+        candidates = [name, rest if head == "model" else ""]  # FeatureGetterNet wraps .model
+        # FeatureListNet/DictNet flatten one level of nn.Sequential: 'stages.0' -> 'stages_0'
+        candidates += [
+            f"{head[:i]}.{head[i + 1 :]}" + (f".{rest}" if rest else "")
+            for i, c in enumerate(head)
+            if c == "_"
+        ]
+        return next((c for c in candidates if c and c in names), None)
+
+    feature_plan = {}
+    for name, _ in features.named_modules():
+        full_name = in_full(name)
+        if full_name is not None and full_name in plan:
+            feature_plan[name] = plan[full_name]
+    factorize_architecture(features, scheme, feature_plan)
+    weights = full.state_dict()
+    state, unmatched = {}, []
+    for key in features.state_dict():
+        full_key = in_full(key)
+        if full_key is None or full_key not in weights:
+            unmatched.append(key)
+        else:
+            state[key] = weights[full_key]
+    if unmatched:
+        raise CheckpointError(
+            f"features_only: {len(unmatched)} tensors of {base}'s feature extractor have no "
+            f"counterpart in the factorized model ({', '.join(unmatched[:3])}, ...); load the "
+            "full model and take its forward_features or forward_intermediates instead"
+        )
+    features.load_state_dict(state)
+    cfg = pretrained_cfg_for_features(cast(dict[str, Any], full.pretrained_cfg))
+    features.pretrained_cfg = cfg  # type: ignore[assignment]  # as timm's builder does
+    features.default_cfg = cfg  # type: ignore[assignment]
+    return features
