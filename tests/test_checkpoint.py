@@ -405,3 +405,19 @@ def test_features_only_uses_the_base_models_feature_extractor(
     picked = trp_zoo.load(path, features_only=True, out_indices=(1, 2)).eval()
     with torch.no_grad():
         assert [t.shape for t in picked(x)] == [t.shape for t in expected[1:3]]
+
+
+def test_an_input_size_a_fixed_size_model_does_not_take_is_one_error(tmp_path: Path) -> None:
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    low = trp_zoo.decompose(model, rank=4)
+    path = trp_zoo.save_pretrained(
+        low, tmp_path / "vit", pretrained_cfg={"input_size": (3, 32, 32)}
+    )
+    before = (path / "model.safetensors").read_bytes()
+    for size, problem in (((3, 64, 64), "image size"), ((1, 32, 32), "input channels")):
+        with pytest.raises(ValueError) as err:
+            trp_zoo.save_pretrained(low, path, pretrained_cfg={"input_size": size})
+        text = str(err.value)
+        assert "\n" not in text and problem in text and str(size) in text and "img_size=" in text
+    assert (path / "model.safetensors").read_bytes() == before  # the saved checkpoint is kept
+    assert trp_zoo.load(path).pretrained_cfg["input_size"] == (3, 32, 32)

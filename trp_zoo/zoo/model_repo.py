@@ -221,13 +221,20 @@ def write_config(
             "save_pretrained needs a timm model (created by timm.create_model, then decomposed): "
             "this one has no pretrained_cfg"
         )
-    save_config_for_hf(
-        model,
-        str(path),
-        model_config=model_config,
-        model_args=dict(model_args),
-        data_config=data_config or None,
-    )
+    try:
+        save_config_for_hf(
+            model,
+            str(path),
+            model_config=model_config,
+            model_args=dict(model_args),
+            data_config=data_config or None,
+        )
+    except ValueError as err:  # timm refuses a size or channel count the model does not take
+        raise ValueError(
+            f"pretrained_cfg input_size {tuple(data_config.get('input_size', ()))} does not fit "
+            f"this model: {err} Save with the input size the model takes, or create the model "
+            "at the size you want (timm.create_model(..., img_size=H) for fixed-size models)"
+        ) from None
     config = read_json(path)
     cfg = config["pretrained_cfg"]
     for key in _BASE_PROVENANCE:
