@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -151,6 +152,22 @@ def _previous_export(path: Path, key: dict[str, object]) -> ExportedModel | None
         return None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _root_cause(err: BaseException) -> str:
+    """One line for an exporter error: the innermost cause and where in the model it arose
+    (the exporter's own text spans screens and carries terminal colour codes)."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = _ANSI.sub("", str(root)).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', text)
+    where = f" (at {Path(frames[-1][0]).name}:{frames[-1][1]})" if frames else ""
+    return f"{type(root).__name__}: {first}{where}"
+
+
 def _export_proto(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     try:
@@ -170,8 +187,9 @@ def _export_proto(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.M
             )
     except Exception as err:  # the exporter raises many types; report one clear error
         raise ExportError(
-            f"torch.onnx.export failed for {type(model).__name__}: {err}. The model must be "
-            "traceable by torch.export with a dynamic batch dimension."
+            f"torch.onnx.export failed for {type(model).__name__}: {_root_cause(err)}. The model "
+            "must be traceable by torch.export with a dynamic batch dimension (if the dense "
+            "model fails the same way, the architecture itself does not export)"
         ) from err
     if program is None:
         raise ExportError("torch.onnx.export returned no program")

@@ -87,6 +87,30 @@ def test_opset_newer_than_onnx_is_refused_before_exporting(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_an_exporter_failure_is_one_line_naming_its_cause(tmp_path, monkeypatch):
+    """torch's exporter error spans screens, with terminal colour codes; the cause and the
+    model line it points at are what a user needs."""
+
+    def failing_export(*args, **kwargs):
+        cause = ValueError(
+            "Cannot view a tensor with shape [1, 16, 6, 64] as (s77, 16, 384)!\n\nOriginal "
+            'traceback:\nFile "/x/timm/models/vit.py", line 563, in forward\n  File '
+            '"/x/timm/models/vision_transformer_relpos.py", line 114, in forward\n    x = x.view()'
+        )
+        raise RuntimeError(
+            "Failed to decompose the FX graph. \x1b[96mThis is step 2/3\x1b[0m.\n- Create an "
+            "issue\n\n## Exception summary\n" + str(cause)
+        ) from cause
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(ExportError) as err:
+        export_onnx(tiny_resnet(), tmp_path / "m.onnx", INPUT_SIZE, reuse=False)
+    text = str(err.value)
+    assert "\n" not in text and "\x1b" not in text
+    assert "ValueError: Cannot view a tensor with shape [1, 16, 6, 64] as (s77, 16, 384)!" in text
+    assert "(at vision_transformer_relpos.py:114)" in text
+
+
 def test_reexport_of_the_same_model_is_reused_and_changed_weights_are_not(factorized_export):
     model, first = factorized_export
     stamp = first.path.stat().st_mtime_ns
