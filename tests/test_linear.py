@@ -109,6 +109,21 @@ def test_rank_must_lower_cost_for_a_linear() -> None:
         assert rank_plan(decompose(net, rank={"0": 24})) == {}
 
 
+def test_a_plan_of_many_layers_that_stay_dense_is_one_warning() -> None:
+    """A TRP plan names every candidate, many of them at ranks that do not pay off: one
+    warning that counts them, not one per layer."""
+    net = nn.Sequential(*[nn.Linear(40, 40) for _ in range(6)])
+    plan = {str(i): 10 if i < 2 else 30 for i in range(6)}  # 40*40/80 = 20: 30 is too high
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        low = decompose(net, rank=plan)
+    assert rank_plan(low) == {"0": 10, "1": 10}
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    text = str(caught[0].message)
+    assert text.startswith("decompose kept 4 planned layer(s) dense: 2: rank 30")
+    assert "(4 in all)" in text and "at most 19 does" in text
+
+
 def test_decompose_that_factorizes_nothing_warns() -> None:
     net = nn.Sequential(nn.Linear(40, 56), nn.Linear(56, 2))
     with pytest.warns(UserWarning, match="decompose factorized no layer.*lower the rank"):

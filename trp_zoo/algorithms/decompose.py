@@ -102,6 +102,7 @@ def decompose(
     if plan is not None:
         check_plan_ranks(plan, targets, sch)
     factorized = 0
+    kept: list[str] = []  # planned layers whose rank does not lower their cost
     for name, layer in targets.items():
         lsch = layer_scheme(layer, sch)
         geom = ConvGeometry.of(layer)
@@ -110,15 +111,21 @@ def decompose(
         if not lsch.lowers_cost(geom, r):
             msg = (
                 f"{name}: rank {r} does not lower its cost under the {lsch.name} scheme "
-                f"(at most {lsch.max_useful_rank(geom)} does); kept dense"
+                f"(at most {lsch.max_useful_rank(geom)} does)"
             )
-            if plan is not None:
-                warnings.warn(msg, stacklevel=2)
-            logger.info(msg)
+            kept.append(msg)
+            logger.info("%s; kept dense", msg)
             continue
         set_submodule(new, name, factorize_layer(layer, lsch, (u, s, vh), r))
         route_through_layer(new, name)
         factorized += 1
+    if plan is not None and kept:  # one warning for the plan, not one per layer
+        shown = "; ".join(kept[:3]) + (f"; ... ({len(kept)} in all)" if len(kept) > 3 else "")
+        warnings.warn(
+            f"decompose kept {len(kept)} planned layer(s) dense: {shown}; lower their ranks or "
+            "leave them out of the plan",
+            stacklevel=2,
+        )
     if not factorized:
         why = (
             f"every one of its {len(targets)} candidate layers would need a rank that does not "
