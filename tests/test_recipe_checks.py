@@ -310,6 +310,8 @@ def test_rank_plan_above_the_full_rank_is_refused(fmnist, tmp_path) -> None:
         ),
         (["--no-trp"], "was trained with --trp: resume with --trp, or start a new run"),
         (["--model-kwargs", "drop_rate=0.1"], "was trained with --model-kwargs (none): resume"),
+        (["--opt", "adamw"], "was trained with --opt sgd: resume with --opt sgd"),
+        (["--sched", "step"], "was trained with --sched cosine: resume with --sched cosine"),
     ],
 )
 def test_resume_of_a_run_with_another_model_or_scheme_is_refused(
@@ -328,3 +330,56 @@ def test_device_cuda_without_a_gpu_is_one_line(fmnist, tmp_path, monkeypatch) ->
     message = refused(fmnist, tmp_path / "run", "--device", "cuda")
     assert message.startswith("error: --device cuda was asked for, but PyTorch sees no CUDA GPU")
     assert "use --device cpu" in message
+
+
+def test_resume_refuses_checkpoints_none_of_which_can_be_read(fmnist, tmp_path) -> None:
+    """A file that loads but is not a training checkpoint is skipped like a damaged one; when
+    nothing is left the run stops, instead of training from the start over the user's files."""
+    out = tmp_path / "run"
+    recipe(fmnist, out, "--model-name", "none")
+    (newest,) = sorted((out / "checkpoints").iterdir())
+    torch.save({"x": 1}, newest)
+    message = refused_after_training(fmnist, out, "--model-name", "none", "--resume")
+    assert message.startswith(f"error: --resume: no checkpoint in {out / 'checkpoints'} could")
+    assert sorted((out / "checkpoints").iterdir()) == [newest]  # nothing pruned or retrained
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(fmnist, tmp_path) -> None:
+    out = tmp_path / "run"
+    message = refused_after_training(
+        fmnist, out, "--model-name", "none", "--lr", "1e30", "--limit-train-batches", "3"
+    )
+    assert message.startswith("error: training diverged at epoch 1, batch ")
+    assert "lower --lr (now 1e+30)" in message
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+
+
+def test_a_metrics_log_that_is_a_directory_is_refused_before_training(fmnist, tmp_path) -> None:
+    out = tmp_path / "run"
+    (out / "metrics.jsonl").mkdir(parents=True)
+    assert "metrics.jsonl is a directory" in refused(fmnist, out)
+
+
+def test_hub_weights_that_cannot_be_fetched_are_one_line(fmnist, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = refused(fmnist, tmp_path / "run", "--distill-from", "hf-hub:org/teacher")
+    assert message.startswith("error: --distill-from hf-hub:org/teacher: could not be fetched (")
+    assert "pass --distill-from with a local weights file" in message
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(fmnist, tmp_path, monkeypatch, capsys) -> None:
+    from trp_zoo.train.trainer import Trainer
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        recipe(fmnist, out, "--model-name", "none")
+    assert exc.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "interrupted: rerun the same command with --resume to continue from the last "
+        f"checkpoint in {out / 'checkpoints'}"
+    )

@@ -40,3 +40,7 @@ class WriteError(ZooError, OSError):
 
 class DataError(ZooError, ValueError):
     """Data that cannot be found or is not in the expected on-disk format or shape."""
+
+
+class TrainingDivergedError(ZooError, ArithmeticError):
+    """The training loss became nan or infinite."""

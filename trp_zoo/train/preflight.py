@@ -37,8 +37,9 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
         path = out / sub
         if path.exists() and not path.is_dir():
             problems.append(f"{path} is a file; the run writes a directory there: move the file")
-    if (out / TRAIN_RESULTS).is_dir():
-        problems.append(f"{out / TRAIN_RESULTS} is a directory; the run writes a file there")
+    for name in (TRAIN_RESULTS, "metrics.jsonl"):
+        if (out / name).is_dir():
+            problems.append(f"{out / name} is a directory; the run writes a file there: move it")
     if cfg.model_name is not None:
         try:
             check_store_name(cfg.model_name)

@@ -6,6 +6,7 @@ import logging
 import random
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,14 @@ def _timm_model(cfg: TrainConfig, data: DataBundle, source: str | None, flag: st
             load_dense_weights(model, source, flag, cfg.model)
     except (ZooError, RuntimeError) as err:
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the hub's errors: offline, unknown repo, no such file
+        if not source:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(
+            f"error: {flag} {source}: could not be fetched ({first}); pass {flag} with a local "
+            "weights file, or run where the Hugging Face hub is reachable"
+        ) from None
     return model
 
 
@@ -107,6 +116,13 @@ def run_recipe(
         except (FileExistsError, ZooError) as err:
             raise SystemExit(f"error: {err}") from None
         return finalize(trainer, recipe)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: rerun the same command with --resume to continue from the last "
+            f"checkpoint in {Path(cfg.output_dir) / 'checkpoints'}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     finally:
         cleanup(info)
 

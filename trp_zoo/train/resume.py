@@ -89,6 +89,21 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any]) ->
     return path
 
 
+# what Trainer.restore reads of a checkpoint
+_STATE_KEYS = (
+    "config",
+    "epoch",
+    "batches_done",
+    "step",
+    "stats",
+    "history",
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+)
+
+
 def load_latest(
     output_dir: str | Path, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any] | None:
@@ -98,6 +113,14 @@ def load_latest(
             state = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as err:  # a truncated or corrupt file: try the previous one
             logger.warning("checkpoint %s is unreadable (%s); trying an older one", path, err)
+            continue
+        missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else []
+        if not isinstance(state, dict) or missing:
+            logger.warning(
+                "checkpoint %s is not a trp-zoo training checkpoint (no %s); trying an older one",
+                path,
+                ", ".join(missing) or "dict",
+            )
             continue
         state["path"] = str(path)
         return state

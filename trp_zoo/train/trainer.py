@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..algorithms.decompose import validated_plan
 from ..algorithms.layers import kind_layers
 from ..algorithms.trp import TRP
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingDivergedError
 from ..fileio import write_json, write_text
 from ..modules import unwrap_model
 from .config import TrainConfig, load_rank_plan
@@ -44,7 +44,17 @@ from .resume import (
 TARGET_PLAN = "target_plan.json"
 # settings a resumed run must share with its checkpoint (what is trained, on what, and how
 # TRP shapes it); the others (epochs, batch limits, outputs, ...) may change on --resume
-RESUME_IDENTITY = ("model", "model_kwargs", "dataset", "trp", "project", "layers", "scheme")
+RESUME_IDENTITY = (
+    "model",
+    "model_kwargs",
+    "dataset",
+    "trp",
+    "project",
+    "layers",
+    "scheme",
+    "opt",  # another optimizer cannot take this one's state
+    "sched",  # nor another scheduler kind
+)
 
 # ``--target-latency``: (model, config, input size, sensitivity images or None) -> plan JSON;
 # the runtime's ``runtime.train_target.plan_for_target``, handed in by the recipes
@@ -400,7 +410,14 @@ class Trainer:
                         loss = self.distiller.loss(out, x, loss)
                 scaled = loss / cfg.accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            s.stats.loss_sum += float(loss.detach()) * len(y)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # stop before the step writes non-finite weights
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {s.epoch + 1}, batch {i + 1} (loss {value}): "
+                    f"lower --lr (now {cfg.lr:g}) or raise --warmup-epochs; the last checkpoint "
+                    f"in {self.out / 'checkpoints'} is from before"
+                )
+            s.stats.loss_sum += value * len(y)
             s.stats.correct += float((out.detach().argmax(1) == y).sum())
             s.stats.count += len(y)
             seen_here += len(y)
@@ -509,6 +526,11 @@ class Trainer:
             for partial in remove_partial_checkpoints(self.out):
                 self.log(f"removed {partial}, a checkpoint whose write was interrupted")
         resumed = cfg.resume and self.restore()
+        if cfg.resume and not resumed and list_checkpoints(self.out):
+            raise CheckpointError(
+                f"--resume: no checkpoint in {self.out / 'checkpoints'} could be read (see the "
+                "warnings above); move them away to start over, or resume from a copy of the run"
+            )
         if cfg.resume and not resumed:
             self.log(
                 f"--resume: no checkpoint in {self.out / 'checkpoints'}, training from the start"
