@@ -237,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # builtins: bad values and paths reported by the libraries underneath
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no report written; rerun the command", file=sys.stderr)
+        return 130
     if not args.quiet:
         print(to_markdown(report))
     failed = [g for g in report["gates"] if not g["passed"]]

@@ -26,15 +26,15 @@ from torch import nn
 
 from trp_zoo.algorithms.decompose import densify
 from trp_zoo.cli import ArgumentParser
-from trp_zoo.errors import ZooError
-from trp_zoo.fileio import write_json
+from trp_zoo.errors import ZooError, os_error_line
+from trp_zoo.fileio import writable_dir_problem, write_json
 from trp_zoo.lowrank.linears import LAYER_KINDS
 from trp_zoo.lowrank.schemes import SCHEMES
 from trp_zoo.models.dense import create_dense_model, load_dense_weights
 from trp_zoo.text_table import text_table
 from trp_zoo.zoo.hub import load
 
-from .cost_cache import CostCache
+from .cost_cache import CostCache, default_cache_dir
 from .costs import Progress
 from .data import check_sensitivity_source, sensitivity_images
 from .planner import Planner
@@ -158,10 +158,11 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.output:
         _check_output_file(Path(args.output))
-    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
-        raise ValueError(
-            f"--cache-dir {args.cache_dir} is a file, not a directory: move it or choose another"
-        )
+    if args.cache_dir == "":
+        raise ValueError("--cache-dir is empty: give a directory, or omit it for the default")
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if problem := writable_dir_problem(cache, "--cache-dir"):
+        raise ValueError(problem)
     if args.layers not in LAYER_KINDS:
         raise ValueError(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {args.layers!r}")
     if args.threads < 0:
@@ -337,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ZooError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a cache or output path that cannot be written
+        print(f"error: {os_error_line(err)} (--cache-dir, --output)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no plan written; rerun the command", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -776,6 +776,8 @@ def test_cli_plan_rejects_a_bad_budget_without_measuring(
             "writable path",
         ),
         (["--cache-dir", "FILE"], "--cache-dir FILE is a file, not a directory: move it"),
+        (["--cache-dir", "/proc/costs"], "cannot create --cache-dir /proc/costs (No such file"),
+        (["--cache-dir", ""], "--cache-dir is empty: give a directory, or omit it"),
         (["--calibrate", "-1"], "--calibrate must be >= 0, got -1"),
         (["--num-classes", "0"], "--num-classes must be >= 1, got 0 (omit it for timm's default)"),
         (["--rank-step", "0"], "--rank-step must be >= 1, got 0"),
@@ -874,3 +876,14 @@ def test_cli_plan_on_real_timing_of_a_tiny_model(
     again = capsys.readouterr().out
     assert f"(0 timed, {timed.group(1)} reused)" in again, again
     assert json.loads((tmp_path / "plan.json").read_text())["plan"] == plan["plan"]
+
+
+def test_cli_plan_ctrl_c_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.plan, "run", interrupted)
+    assert plan_main(plan_args(tmp_path / "costs", "--latency", "0.7")) == 130
+    assert capsys.readouterr().err == "interrupted: no plan written; rerun the command\n"

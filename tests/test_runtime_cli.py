@@ -253,3 +253,15 @@ def test_empty_onnx_file_is_a_clear_error(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(RuntimeToolError, match=r"holds no ONNX graph \(an empty or truncated"):
         build(empty, tmp_path / "e.ort.onnx", backend="onnxruntime")
+
+
+def test_cli_ctrl_c_is_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    import runtime.build_engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.build_engine, "build_and_check", interrupted)
+    path, _ = checkpoint
+    assert main([str(path), "--output", str(tmp_path / "out"), *FAST]) == 130
+    assert capsys.readouterr().err == "interrupted: no report written; rerun the command\n"

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .cli import ArgumentParser
-from .errors import ZooError
+from .errors import ZooError, os_error_line
 from .text_table import text_table
 from .zoo.hub import model_info
 from .zoo.model_repo import read_results
@@ -274,13 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a path that cannot be read or written
         if args.debug:
             raise
-        where = f" ({err.filename})" if err.filename else ""
-        print(
-            f"error: {err.strerror or err}{where}: check the paths given (--debug shows the "
-            "traceback)",
-            file=sys.stderr,
-        )
+        print(f"error: {os_error_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -44,3 +44,9 @@ class DataError(ZooError, ValueError):
 
 class TrainingDivergedError(ZooError, ArithmeticError):
     """The training loss became nan or infinite."""
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an ``OSError`` of a path a user gave: what failed and on which path."""
+    where = f" ({err.filename})" if err.filename else ""
+    return f"{err.strerror or err}{where}: check the paths given"
