@@ -421,3 +421,84 @@ def test_an_input_size_a_fixed_size_model_does_not_take_is_one_error(tmp_path: P
         assert "\n" not in text and problem in text and str(size) in text and "img_size=" in text
     assert (path / "model.safetensors").read_bytes() == before  # the saved checkpoint is kept
     assert trp_zoo.load(path).pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def _damage(path: Path, file: str, change) -> None:
+    data = json.loads((path / file).read_text())
+    change(data)
+    (path / file).write_text(json.dumps(data))
+
+
+CONFIG_DAMAGE = {
+    "model_args a string": (lambda c: c.update(model_args="x"), "model_args must be an object"),
+    "rank_plan a string": (
+        lambda c: c["model_args"].update(rank_plan="x"),
+        "model_args.rank_plan must be an object",
+    ),
+    "pretrained_cfg a string": (
+        lambda c: c.update(pretrained_cfg="x"),
+        "pretrained_cfg must be an object",
+    ),
+    "num_classes a word": (
+        lambda c: c["model_args"].update(num_classes="ten"),
+        "model_args.num_classes must be an integer",
+    ),
+    "an argument the base does not take": (  # info reads config.json without building
+        lambda c: c["model_args"].update(bogus_kw=1),
+        "does not take the arguments it was given",
+    ),
+}
+BUILT_ONLY_BY_LOADING = {"an argument the base does not take"}
+
+
+@pytest.mark.parametrize("damage", sorted(CONFIG_DAMAGE))
+def test_a_config_json_of_the_wrong_shape_is_one_error_everywhere(
+    saved: tuple[torch.nn.Module, Path], damage: str, tmp_path: Path, capsys
+) -> None:
+    """Each of these was an AttributeError, TypeError or int() ValueError traceback in load,
+    info, publish and build_engine."""
+    from trp_zoo.__main__ import main
+
+    _, path = saved
+    change, message = CONFIG_DAMAGE[damage]
+    _damage(path, "config.json", change)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        trp_zoo.load(path)
+    commands = [["publish", str(path), "--repo", "org/x", "--to-dir", str(tmp_path / "pub")]]
+    if damage not in BUILT_ONLY_BY_LOADING:
+        commands.append(["info", str(path)])
+    for argv in commands:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "pub").exists()
+
+
+RESULTS_DAMAGE = {
+    "metrics a string": (lambda r: r.update(metrics="x"), "metrics must be an object"),
+    "a speed-up without its backend": (
+        lambda r: r.update(speedups=[{"value": 2.0, "device": "cpu"}]),
+        "speedups[0] lacks backend",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(RESULTS_DAMAGE))
+def test_a_results_json_of_the_wrong_shape_is_refused_and_list_still_lists(
+    saved: tuple[torch.nn.Module, Path], damage: str, tmp_path: Path, capsys
+) -> None:
+    from trp_zoo.__main__ import main
+
+    _, path = saved
+    stored = trp_zoo.register_local(path, "damaged_results")
+    change, message = RESULTS_DAMAGE[damage]
+    _damage(stored, "results.json", change)
+    for argv in (
+        ["info", "damaged_results"],
+        ["publish", str(stored), "--repo", "org/x", "--to-dir", str(tmp_path / "pub")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert main(["list"]) == 0  # one damaged model does not take the listing down
+    assert "damaged_results" in capsys.readouterr().out

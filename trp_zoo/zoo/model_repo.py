@@ -28,6 +28,7 @@ from ..errors import CheckpointError
 from ..fileio import write_json
 from ..modules import close_matches
 from .card import TRP_ARXIV, TRP_PAPER
+from .results import SPEEDUP_REQUIRED
 
 ARCHITECTURE = "trp_factorized"
 CONFIG_NAME = "config.json"
@@ -167,13 +168,56 @@ def read_config(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("architecture", "pretrained_cfg"):
         if key not in config:
             raise CheckpointError(f"{path} lacks {key!r}: it is not a timm model config")
+    shape: dict[str, tuple[Any, type]] = {"pretrained_cfg": (config["pretrained_cfg"], dict)}
+    if "model_args" in config:
+        shape["model_args"] = (config["model_args"], dict)
+    if config["architecture"] == ARCHITECTURE and isinstance(config.get("model_args"), dict):
+        args = config["model_args"]
+        for key, kind in (
+            ("base_architecture", str),
+            ("scheme", str),
+            ("rank_plan", dict),
+            ("num_classes", int),
+            ("in_chans", int),
+        ):
+            if key in args:
+                shape[f"model_args.{key}"] = (args[key], kind)
+    _check_shape(path, shape)
     return config
 
 
 def read_results(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The parsed ``results.json`` of a checkpoint directory, or None when it has none."""
     path = Path(checkpoint_dir) / RESULTS_NAME
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    results = read_json(path)
+    shape: dict[str, tuple[Any, type]] = {
+        k: (results[k], dict) for k in ("metrics", "architecture") if k in results
+    }
+    if "speedups" in results:
+        shape["speedups"] = (results["speedups"], list)
+    _check_shape(path, shape)
+    for i, entry in enumerate(results.get("speedups", [])):
+        _check_shape(path, {f"speedups[{i}]": (entry, dict)})
+        missing = [k for k in SPEEDUP_REQUIRED if k not in entry]
+        if missing:
+            raise CheckpointError(
+                f"{path}: speedups[{i}] lacks {', '.join(missing)}: the file is damaged; "
+                "measure it again (python -m runtime.build_engine CHECKPOINT records it)"
+            )
+    return results
+
+
+def _check_shape(path: Path, fields: Mapping[str, tuple[Any, type]]) -> None:
+    """Refuse a JSON field of the wrong type, naming the file and the field."""
+    for name, (value, kind) in fields.items():
+        if not isinstance(value, kind):
+            expected = {dict: "an object", list: "a list", str: "a string", int: "an integer"}[kind]
+            raise CheckpointError(
+                f"{path}: {name} must be {expected}, got {type(value).__name__} {value!r:.40}: "
+                "the file is damaged; save or download the checkpoint again"
+            )
 
 
 def _pretrained_cfg_fields() -> set[str]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import PublishError
 from ..fileio import copy_directory_atomic
-from .model_repo import ARCHITECTURE, read_config
+from .model_repo import ARCHITECTURE, read_config, read_results
 from .saving import save_pretrained
 
 # olah (0.5.4) reads binary files of this size as Git LFS pointers and fails serving them
@@ -78,6 +78,7 @@ def check_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> None:
             f"{path} holds a {config['architecture']!r} model, not a trp-zoo factorized "
             "checkpoint; publish it with timm's push_to_hf_hub instead"
         )
+    read_results(path)  # a damaged results.json would be published, then break info
     timm.create_model(f"local-dir:{path}", pretrained=True)
 
 

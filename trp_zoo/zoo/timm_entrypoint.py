@@ -51,7 +51,13 @@ def _base_pretrained_cfg(base: str) -> dict[str, Any]:
 
 
 def _build(where: str, base: str, scheme: str, plan: Mapping[str, int], **kwargs: Any) -> nn.Module:
-    model = timm.create_model(base, pretrained=False, **kwargs)
+    try:
+        model = timm.create_model(base, pretrained=False, **kwargs)
+    except TypeError as err:  # an argument the base model does not take
+        raise CheckpointError(
+            f"{where}: {base} does not take the arguments it was given ({err}): check "
+            "config.json's model_args and the keyword arguments passed to the loader"
+        ) from None
     try:
         return factorize_architecture(model, scheme, plan)
     except ValueError as err:  # a scheme or rank plan this base model cannot take
