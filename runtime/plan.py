@@ -158,8 +158,6 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.output:
         _check_output_file(Path(args.output))
-    if args.cache_dir == "":
-        raise ValueError("--cache-dir is empty: give a directory, or omit it for the default")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if problem := writable_dir_problem(cache, "--cache-dir"):
         raise ValueError(problem)

@@ -46,3 +46,38 @@ def test_usage_error_is_one_line(command: list[str], message: str) -> None:
     )
     assert run.returncode == 2
     assert run.stderr.splitlines() == [f"{message} (all options: {message.split(':')[0]} --help)"]
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("recipe", "--output-dir"),
+        ("recipe", "--data-dir"),
+        ("build_engine", "--output"),
+        ("build_engine", "--data"),
+        ("plan", "--cache-dir"),
+        ("publish", "--to-dir"),
+        ("publish", "--revision"),
+    ],
+)
+@pytest.mark.parametrize("form", ["separate", "joined"])
+def test_an_empty_option_value_is_refused(command: str, option: str, form: str, capsys) -> None:
+    """'' used to mean the current directory (outputs written into cwd) or the default."""
+    from runtime.build_engine import main as build_main
+    from runtime.plan import main as plan_main
+    from tests.test_recipe_checks import _defaults
+    from trp_zoo.__main__ import main as zoo_main
+    from trp_zoo.train.recipe import run_recipe
+
+    empty = [option, ""] if form == "separate" else [f"{option}="]
+    run = {
+        "recipe": lambda: run_recipe(_defaults(), "recipe.py", ["--epochs", "1", *empty]),
+        "build_engine": lambda: build_main(["resnet18_trp_ch_fmnist", "-o", "out", *empty]),
+        "plan": lambda: plan_main(["--model", "resnet18", "--latency", "0.5", *empty]),
+        "publish": lambda: zoo_main(["publish", "ckpt", "--repo", "org/x", *empty]),
+    }[command]
+    with pytest.raises(SystemExit) as exc:
+        run()
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"error: {option} is empty: give a value or leave it out" in line
