@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,38 @@ def test_disk_full_while_checkpointing_is_one_line(fmnist, tmp_path, monkeypatch
     message = refused_after_training(fmnist, out)
     assert "could not write" in message and "step-" in message and "free disk space" in message
     assert not list((out / "checkpoints").glob(".step-*"))  # no partial file left
+
+
+@pytest.mark.parametrize(
+    ("file", "array", "expected"),
+    [
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            np.full(48, 200, np.uint8),
+            "label 200 is out of range (Fashion-MNIST has 10 classes, 0-9)",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            np.zeros((96, 7, 7), np.uint8),
+            "images are 7x7, Fashion-MNIST's are 28x28",
+        ),
+    ],
+)
+def test_fashion_mnist_of_the_wrong_content_is_refused_before_training(
+    fmnist, tmp_path, file, array, expected
+) -> None:
+    """Labels out of range failed in evaluation after the first epoch; 7x7 images in the
+    first step's random crop, each with a traceback."""
+    import gzip
+    import shutil
+
+    from tests.fakedata import _idx
+
+    data = tmp_path / "data"
+    shutil.copytree(fmnist, data)
+    (data / file).write_bytes(gzip.compress(_idx(array)))
+    message = refused(fmnist, tmp_path / "o", "--data-dir", str(data))
+    assert message.startswith(f"error: {data / file}: {expected}")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not gzip"])

@@ -93,5 +93,18 @@ def load_fashion_mnist(
     images = read_idx(img_file)
     labels = read_idx(lbl_file)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
+        raise ValueError(
+            f"{folder}: images {images.shape} and labels {labels.shape} do not match (are the "
+            f"image and label files swapped or from different sets?): {LAYOUT_HINT}"
+        )
+    if images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"{img_file}: images are {images.shape[1]}x{images.shape[2]}, Fashion-MNIST's are "
+            f"28x28: {LAYOUT_HINT}"
+        )
+    if labels.size and int(labels.max()) >= len(CLASSES):
+        raise ValueError(
+            f"{lbl_file}: label {int(labels.max())} is out of range (Fashion-MNIST has "
+            f"{len(CLASSES)} classes, 0-{len(CLASSES) - 1}): {LAYOUT_HINT}"
+        )
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
