@@ -53,6 +53,7 @@ def test_usage_error_is_one_line(command: list[str], message: str) -> None:
     [
         ("recipe", "--output-dir"),
         ("recipe", "--data-dir"),
+        ("recipe", "--model-name"),  # registered nothing, silently
         ("build_engine", "--output"),
         ("build_engine", "--data"),
         ("plan", "--cache-dir"),

@@ -52,9 +52,18 @@ def refused(fmnist: Path, out: Path, *extra: str) -> str:
     ("extra", "expected"),
     [
         (["--model-name", "../../x y"], "--model-name: '../../x y' is not a valid model name"),
-        (["--model-name", ""], "--model-name: '' is not a valid model name"),
         (["--publish-mirror", "MIRROR"], "--publish-mirror: 'not_a_zoo_name' is not in the zoo"),
         (["--push-to-hub", "noslash"], "--push-to-hub: 'noslash' is not a repo id"),
+        (
+            ["--model-name", "resnet50_trp_ch"],  # trp_zoo.load would return this run's model
+            "--model-name resnet50_trp_ch is the zoo's resnet50 (channel scheme, imagenet-1k), "
+            "not this run's resnet18 (channel, fashion-mnist): choose another name",
+        ),
+        (
+            ["--model-name", "resnet18_trp_sp_fmnist"],
+            "is the zoo's resnet18 (spatial scheme, fashion-mnist), not this run's resnet18 "
+            "(channel, fashion-mnist)",
+        ),
     ],
 )
 def test_bad_names_are_refused_before_training(fmnist, tmp_path, extra, expected) -> None:

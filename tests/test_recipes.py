@@ -233,6 +233,8 @@ def test_nothing_to_decompose_is_reported_not_saved(fmnist: Path, tmp_path: Path
     res = results(out)
     assert "decomposed" not in res and "nothing was decomposed" in res["note"]
     assert not (out / "model").exists() and "nothing was decomposed" in proc.stdout + proc.stderr
+    # what was asked for and not done is named, not silently skipped
+    assert "no model was saved (--model-name resnet18_trp_ch_fmnist skipped)" in res["note"]
 
 
 def test_refuses_to_overwrite_a_run_without_resume(fmnist: Path, tmp_path: Path) -> None:

@@ -113,9 +113,19 @@ def _decompose_and_evaluate(
     plan = {n: r for n, r in plan_all.items() if schemes[n].lowers_cost(geoms[n], r)}
     results["full_ranks"] = {n: schemes[n].full_rank(g) for n, g in geoms.items()}
     if plan_all and not plan:
+        skipped = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("--model-name", cfg.model_name),
+                ("--push-to-hub", cfg.push_to_hub),
+                ("--publish-mirror", cfg.publish_mirror),
+            )
+            if value
+        ]
         results["note"] = (
-            "no layer reached a rank that lowers its cost, so nothing was decomposed; "
-            "train longer or lower --energy"
+            "no layer reached a rank that lowers its cost, so nothing was decomposed"
+            + (f" and no model was saved ({', '.join(skipped)} skipped)" if skipped else "")
+            + "; train longer or lower --energy"
         )
         trainer.log(results["note"])
     if plan:

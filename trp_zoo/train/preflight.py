@@ -16,11 +16,29 @@ from ..errors import ZooError
 from ..fileio import writable_dir_problem
 from ..paths import zoo_home
 from ..zoo.publish import check_repo_id
-from ..zoo.registry import get_entry
+from ..zoo.registry import REGISTRY, get_entry
 from ..zoo.store import check_store_name, store_dir
 from .config import TrainConfig
 from .data import DataBundle
 from .finalize import TRAIN_RESULTS
+
+_REGISTRY_DATASETS = {"fashion_mnist": "fashion-mnist", "imagenet": "imagenet-1k"}
+
+
+def _registry_mismatch(cfg: TrainConfig) -> str | None:
+    """A ``--model-name`` of the zoo registry names one model: refuse to register another
+    (``trp_zoo.load(name)`` would return it)."""
+    entry = REGISTRY.get(cfg.model_name or "")
+    if entry is None:
+        return None
+    run = (cfg.model, cfg.scheme, _REGISTRY_DATASETS.get(cfg.dataset, cfg.dataset))
+    if run == (entry.base_architecture, entry.scheme, entry.dataset):
+        return None
+    return (
+        f"--model-name {entry.name} is the zoo's {entry.base_architecture} ({entry.scheme} "
+        f"scheme, {entry.dataset}), not this run's {run[0]} ({run[1]}, {run[2]}): choose "
+        "another name, or --model-name none"
+    )
 
 
 def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
@@ -45,6 +63,8 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
             check_store_name(cfg.model_name)
         except ValueError as err:
             problems.append(f"--model-name: {err}, or --model-name none to skip registering")
+        if problem := _registry_mismatch(cfg):
+            problems.append(problem)
         else:
             home = zoo_home()
             if home.exists() and not home.is_dir():
