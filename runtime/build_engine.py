@@ -194,6 +194,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise ValueError(
             f"--pad-ranks must be >= 1, got {args.pad_ranks} (1 keeps the trained ranks)"
         )
+    if args.data == "random" and args.max_top1_drop is not None:
+        raise ValueError(
+            "--max-top1-drop needs labelled images and --data random has none: pass --data "
+            "fashion-mnist or an ImageFolder directory, or drop the gate"
+        )
     return RunConfig(
         backend=args.backend,
         precision=",".join(parse_precisions(args.precision)),
@@ -240,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no report written; rerun the command", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "error: out of memory building or timing the engines: lower --batch-sizes, "
+            "--input-size or --max-images",
+            file=sys.stderr,
+        )
+        return 2
     if not args.quiet:
         print(to_markdown(report))
     failed = [g for g in report["gates"] if not g["passed"]]

@@ -166,6 +166,10 @@ def test_engine_that_does_not_match_its_model_fails_agreement(
         (["--workspace", "nan"], "--workspace must be a positive number of GiB, e.g. 4; got nan"),
         (["--max-abs-diff", "nan"], "--max-abs-diff must be >= 0 (a finite number), got nan"),
         (["--min-speedup", "inf"], "--min-speedup must be >= 0 (a finite number), got inf"),
+        (  # failed as a gate, after both engines were built and timed
+            ["--data", "random", "--max-top1-drop", "1"],
+            "--max-top1-drop needs labelled images and --data random has none",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, extra, message):
@@ -265,3 +269,15 @@ def test_cli_ctrl_c_is_one_line(checkpoint, tmp_path, capsys, monkeypatch):
     path, _ = checkpoint
     assert main([str(path), "--output", str(tmp_path / "out"), *FAST]) == 130
     assert capsys.readouterr().err == "interrupted: no report written; rerun the command\n"
+
+
+def test_cli_out_of_memory_is_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    import runtime.build_engine
+
+    def too_big(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(runtime.build_engine, "build_and_check", too_big)
+    path, _ = checkpoint
+    assert main([str(path), "--output", str(tmp_path / "out"), *FAST]) == 2
+    assert capsys.readouterr().err.startswith("error: out of memory building or timing")
