@@ -374,6 +374,33 @@ def test_publish_to_a_directory_under_a_file_is_one_line(tmp_path, capsys) -> No
 
 
 @pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--to-dir", "CKPT"], "--to-dir CKPT would put the copy inside the checkpoint CKPT"),
+        (["--mirror-dir", "CKPT"], "--mirror-dir CKPT would put the copy inside the checkpoint"),
+        (["--revision", "refs/heads/x"], "revision 'refs/heads/x' is not a branch name"),
+        (["--mirror-dir", "OUT", "--revision", "@"], "revision '@' is not a branch name"),
+    ],
+)
+def test_publish_refuses_a_copy_into_its_own_checkpoint_and_ref_paths(
+    tmp_path, capsys, extra, message
+) -> None:
+    """A copy inside the checkpoint failed with a 12 KB error and left org/ in it; a ref path
+    made a branch refs/heads/refs/heads/x, '@' a branch named '@'."""
+    from trp_zoo.__main__ import main
+
+    path = save_tiny(tmp_path / "ckpt")
+    before = sorted(p.name for p in path.iterdir())
+    swap = {"CKPT": str(path), "OUT": str(tmp_path / "out")}
+    args = [swap.get(e, e) for e in extra]
+    assert main(["publish", str(path), "--repo", "org/name", *args]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("error: ") and message.replace("CKPT", str(path)) in err
+    assert sorted(p.name for p in path.iterdir()) == before
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     "arch, kwargs",
     [
         ("resnet10t", {}),  # FeatureListNet over the model's own children

@@ -260,6 +260,19 @@ def publish(
     _refuse_ignored_options(mirror_dir, directory, revision, private, commit_message)
     path = Path(checkpoint_dir)
     org, name = _split_repo_id(repo_id)
+    if revision is not None and (revision.startswith("refs/") or revision in ("@", "HEAD")):
+        raise PublishError(
+            f"revision {revision!r} is not a branch name: give a plain branch such as main or v1"
+        )
+    for flag, root in (("--to-dir", directory), ("--mirror-dir", mirror_dir)):
+        if root is None:
+            continue
+        dest = (Path(root) / ("models" if flag == "--mirror-dir" else "") / org / name).resolve()
+        if dest != path.resolve() and dest.is_relative_to(path.resolve()):
+            raise PublishError(
+                f"{flag} {root} would put the copy inside the checkpoint {path} it copies: "
+                "choose a directory outside it"
+            )
     check_checkpoint(path)
     message = commit_message or f"Publish {name} with trp-zoo"
     if mirror_dir is not None:
