@@ -362,6 +362,16 @@ def build_and_check(
         model, info = load_source(str(model))
     info = dict(info or {})
     out = Path(output_dir)
+    checkpoint = Path(str(info.get("location") or ""))
+    if (
+        info.get("location")
+        and checkpoint.is_dir()
+        and out.resolve().is_relative_to(checkpoint.resolve())
+    ):
+        raise ValueError(
+            f"--output {out} is inside the checkpoint {checkpoint}: engines and reports there "
+            "would be published with it; choose a directory outside it"
+        )
     if problem := writable_dir_problem(out, "--output"):
         raise ValueError(problem)
     backend = get_backend(config.backend, spinning=config.spinning)

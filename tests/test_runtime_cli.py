@@ -281,3 +281,17 @@ def test_cli_out_of_memory_is_one_line(checkpoint, tmp_path, capsys, monkeypatch
     path, _ = checkpoint
     assert main([str(path), "--output", str(tmp_path / "out"), *FAST]) == 2
     assert capsys.readouterr().err.startswith("error: out of memory building or timing")
+
+
+def test_cli_output_inside_the_checkpoint_is_refused(checkpoint, capsys):
+    """Engines and reports written into the checkpoint were published with it."""
+    path, _ = checkpoint
+    before = sorted(p.name for p in path.iterdir())
+    for out in (path, path / "engines"):
+        assert main([str(path), "--output", str(out), *FAST]) == 2
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert err == (
+            f"error: --output {out} is inside the checkpoint {path}: engines and reports there "
+            "would be published with it; choose a directory outside it"
+        )
+    assert sorted(p.name for p in path.iterdir()) == before
