@@ -194,6 +194,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise ValueError(
             f"--pad-ranks must be >= 1, got {args.pad_ranks} (1 keeps the trained ranks)"
         )
+    precisions = parse_precisions(args.precision)
+    if args.keep_fp32 and "int8" not in precisions:
+        raise ValueError(
+            "--keep-fp32 keeps layers of an int8 engine in float: add int8 to --precision "
+            "(e.g. --precision fp32,int8) or drop it"
+        )
     if args.data == "random" and args.max_top1_drop is not None:
         raise ValueError(
             "--max-top1-drop needs labelled images and --data random has none: pass --data "
@@ -201,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         )
     return RunConfig(
         backend=args.backend,
-        precision=",".join(parse_precisions(args.precision)),
+        precision=",".join(precisions),
         batch_sizes=tuple(parse_batch_sizes(args.batch_sizes)),
         input_size=check_input_size(args.input_size) if args.input_size else None,
         data=args.data,

@@ -167,6 +167,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 0 (0: all CPUs), got {args.threads}")
     if args.calibrate and args.latency is None:
         raise ValueError("--calibrate corrects a --latency budget; give --latency")
+    if args.checkpoint:  # options of --model that a checkpoint would silently override
+        given = [f"--{n.replace('_', '-')}" for n in ("weights", "num_classes") if getattr(args, n)]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} apply to --model; --checkpoint brings its own weights "
+                "and classifier: drop them"
+            )
     if args.sensitivity_data:
         check_sensitivity_source(args.sensitivity_data, args.sensitivity_images)
 

@@ -886,3 +886,15 @@ def test_cli_plan_ctrl_c_is_one_line(
     monkeypatch.setattr(runtime.plan, "run", interrupted)
     assert plan_main(plan_args(tmp_path / "costs", "--latency", "0.7")) == 130
     assert capsys.readouterr().err == "interrupted: no plan written; rerun the command\n"
+
+
+def test_cli_plan_refuses_model_options_with_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--weights and --num-classes were silently overridden by the checkpoint's own."""
+    args = ["--checkpoint", str(tmp_path), "--latency", "0.7", "--cache-dir", str(tmp_path)]
+    assert plan_main([*args, "--weights", "w.pth", "--num-classes", "5"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --weights and --num-classes apply to --model; --checkpoint brings its own "
+        "weights and classifier: drop them\n"
+    )

@@ -201,6 +201,10 @@ def _config(*args: str):
     ("args", "message"),
     [
         (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (  # was silently ignored: without TRP nothing reads the plan
+            ["--no-trp", "--rank-plan", "DIR/plan.json"],
+            "--rank-plan caps TRP's ranks: it needs --trp (drop --no-trp)",
+        ),
         (["--lr", "inf"], "--lr must be a finite number, got inf"),
         (["--nuclear-weight", "nan"], "--nuclear-weight must be a finite number, got nan"),
         (["--distill-temperature", "nan"], "--distill-temperature must be a finite number"),
@@ -241,7 +245,8 @@ def _config(*args: str):
 def test_bad_numbers_and_paths_are_refused_by_the_config(args, message, tmp_path) -> None:
     """Values that used to train anyway (nan, negative limits, a warm-up longer than the run),
     or fail deep inside torch or timm after the data was loaded."""
-    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    args = [a.replace("DIR", str(tmp_path)) for a in args]
+    (tmp_path / "plan.json").write_text('{"layer1.0.conv1": 8}')
     with pytest.raises(ValueError) as exc:
         _config(*args)
     assert message in str(exc.value)

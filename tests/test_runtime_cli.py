@@ -166,6 +166,10 @@ def test_engine_that_does_not_match_its_model_fails_agreement(
         (["--workspace", "nan"], "--workspace must be a positive number of GiB, e.g. 4; got nan"),
         (["--max-abs-diff", "nan"], "--max-abs-diff must be >= 0 (a finite number), got nan"),
         (["--min-speedup", "inf"], "--min-speedup must be >= 0 (a finite number), got inf"),
+        (  # silently ignored by an fp32-only build
+            ["--keep-fp32", "fc"],
+            "--keep-fp32 keeps layers of an int8 engine in float: add int8 to --precision",
+        ),
         (  # failed as a gate, after both engines were built and timed
             ["--data", "random", "--max-top1-drop", "1"],
             "--max-top1-drop needs labelled images and --data random has none",

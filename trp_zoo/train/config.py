@@ -299,6 +299,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(
             f"--rank-plan {cfg.rank_plan_file} {what}: give a JSON file {{layer name: rank}}"
         )
+    if cfg.rank_plan_file is not None and not cfg.trp:
+        problems.append("--rank-plan caps TRP's ranks: it needs --trp (drop --no-trp)")
     if cfg.target_latency is not None:
         if not 0.0 < cfg.target_latency <= 1.0:
             problems.append(
