@@ -129,7 +129,8 @@ def test_target_latency_on_real_timing_of_a_tiny_model(fmnist: Path, tmp_path: P
     run(
         "fashion_mnist_resnet18.py",
         f"--data-dir {fmnist} --output-dir {out} --limit-train-batches 2 --model resnet10t "
-        f"--target-latency 0.9 --target-batch-size 1 --target-rank-step 64 --period 1 {QUICK}",
+        f"--model-name none --target-latency 0.9 --target-batch-size 1 --target-rank-step 64 "
+        f"--period 1 {QUICK}",
     )
     chosen = json.loads((out / "target_plan.json").read_text())
     timed = [r for r in chosen["layers"] if r["dense_ms"] is not None]
