@@ -158,9 +158,6 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.output:
         _check_output_file(Path(args.output))
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    if problem := writable_dir_problem(cache, "--cache-dir"):
-        raise ValueError(problem)
     if args.layers not in LAYER_KINDS:
         raise ValueError(f"--layers must be one of {', '.join(LAYER_KINDS)}, got {args.layers!r}")
     if args.threads < 0:
@@ -176,6 +173,10 @@ def check_args(args: argparse.Namespace) -> None:
             )
     if args.sensitivity_data:
         check_sensitivity_source(args.sensitivity_data, args.sensitivity_images)
+    # last: it creates the directory, which a refused command line should not leave behind
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if problem := writable_dir_problem(cache, "--cache-dir"):
+        raise ValueError(problem)
 
 
 def _check_output_file(path: Path) -> None:
