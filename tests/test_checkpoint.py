@@ -458,6 +458,10 @@ def _damage(path: Path, file: str, change) -> None:
 
 CONFIG_DAMAGE = {
     "model_args a string": (lambda c: c.update(model_args="x"), "model_args must be an object"),
+    "model_args missing": (  # info printed 'base None'
+        lambda c: c.pop("model_args"),
+        "lacks 'model_args' (base_architecture, scheme, rank_plan)",
+    ),
     "rank_plan a string": (
         lambda c: c["model_args"].update(rank_plan="x"),
         "model_args.rank_plan must be an object",

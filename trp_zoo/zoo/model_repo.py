@@ -168,6 +168,11 @@ def read_config(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("architecture", "pretrained_cfg"):
         if key not in config:
             raise CheckpointError(f"{path} lacks {key!r}: it is not a timm model config")
+    if config["architecture"] == ARCHITECTURE and "model_args" not in config:
+        raise CheckpointError(
+            f"{path} lacks 'model_args' (base_architecture, scheme, rank_plan): the file is "
+            "damaged; save or download the checkpoint again"
+        )
     shape: dict[str, tuple[Any, type]] = {"pretrained_cfg": (config["pretrained_cfg"], dict)}
     if "model_args" in config:
         shape["model_args"] = (config["model_args"], dict)
