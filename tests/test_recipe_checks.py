@@ -73,6 +73,15 @@ def test_bad_names_are_refused_before_training(fmnist, tmp_path, extra, expected
     assert expected in refused(fmnist, tmp_path / "run", *extra)
 
 
+def test_an_invalid_model_name_is_the_only_problem_reported(fmnist, tmp_path) -> None:
+    """The store is checked (and created) only for a name that could be registered in it."""
+    from trp_zoo.zoo.store import store_dir
+
+    message = refused(fmnist, tmp_path / "run", "--model-name", "../../x y")
+    assert message.startswith("error: --model-name: '../../x y' is not a valid model name")
+    assert not store_dir().exists()
+
+
 def test_paths_that_are_files_are_refused_before_training(fmnist, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     (tmp_path / "file").write_text("x")

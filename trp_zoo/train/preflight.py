@@ -63,9 +63,9 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
             check_store_name(cfg.model_name)
         except ValueError as err:
             problems.append(f"--model-name: {err}, or --model-name none to skip registering")
-        if problem := _registry_mismatch(cfg):
-            problems.append(problem)
         else:
+            if problem := _registry_mismatch(cfg):
+                problems.append(problem)
             home = zoo_home()
             if home.exists() and not home.is_dir():
                 problems.append(
