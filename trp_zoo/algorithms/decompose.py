@@ -244,16 +244,26 @@ def project_weights(model: nn.Module, scheme: str | Scheme, plan: Mapping[str, i
         u, s, vh = svd(sch.to_matrix(effective_weight(layer)), "exact")
         r = vplan[name]
         low = (u[:, :r] * s[:r]) @ vh[:r]
+        weight = sch.from_matrix(low, tuple(layer.weight.shape)).to(layer.weight.dtype)
         if isinstance(layer, nn.Conv2d) and not is_plain(layer):
             # a weight-standardized conv would standardize the truncated kernel again
-            plain = ConvGeometry.of(layer).build_conv().to(layer.weight.device)
-            if layer.bias is not None and plain.bias is not None:
-                plain.bias.copy_(layer.bias)
-            plain.train(layer.training)
-            set_submodule(new, name, plain)
-            layer = plain
-        layer.weight.copy_(sch.from_matrix(low, tuple(layer.weight.shape)).to(layer.weight.dtype))
+            geom = ConvGeometry.of(layer)
+            set_submodule(new, name, _dense_conv(geom, weight, layer.bias, layer.training))
+        else:
+            layer.weight.copy_(weight)
     return new
+
+
+def _dense_conv(
+    geom: ConvGeometry, weight: Tensor, bias: Tensor | None, training: bool
+) -> nn.Conv2d:
+    """A plain conv of ``geom`` applying ``weight`` (and ``bias``), in ``weight``'s dtype."""
+    conv = geom.build_conv().to(device=weight.device, dtype=weight.dtype)
+    conv.weight.copy_(weight)
+    if bias is not None and conv.bias is not None:
+        conv.bias.copy_(bias)
+    conv.train(training)
+    return conv
 
 
 @torch.no_grad()
@@ -270,13 +280,7 @@ def densify(model: nn.Module) -> nn.Module:
             continue
         if not isinstance(layer, FactorizedConv2d):
             continue
-        conv = layer.geom.build_conv()
-        weight = layer.dense_weight()
-        conv.to(device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        if layer.second.bias is not None and conv.bias is not None:
-            conv.bias.copy_(layer.second.bias)
-        conv.train(layer.training)
+        conv = _dense_conv(layer.geom, layer.dense_weight(), layer.second.bias, layer.training)
         set_submodule(new, name, conv)
     return new
 
