@@ -28,7 +28,7 @@ from ..errors import CheckpointError
 from ..fileio import write_json
 from ..modules import close_matches
 from .card import TRP_ARXIV, TRP_PAPER
-from .results import SPEEDUP_REQUIRED
+from .results import validate_speedups
 
 ARCHITECTURE = "trp_factorized"
 CONFIG_NAME = "config.json"
@@ -203,14 +203,15 @@ def read_results(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
     if "speedups" in results:
         shape["speedups"] = (results["speedups"], list)
     _check_shape(path, shape)
-    for i, entry in enumerate(results.get("speedups", [])):
-        _check_shape(path, {f"speedups[{i}]": (entry, dict)})
-        missing = [k for k in SPEEDUP_REQUIRED if k not in entry]
-        if missing:
-            raise CheckpointError(
-                f"{path}: speedups[{i}] lacks {', '.join(missing)}: the file is damaged; "
-                "measure it again (python -m runtime.build_engine CHECKPOINT records it)"
-            )
+    speedups = results.get("speedups", [])
+    _check_shape(path, {f"speedups[{i}]": (entry, dict) for i, entry in enumerate(speedups)})
+    try:
+        validate_speedups(speedups)
+    except ValueError as err:
+        raise CheckpointError(
+            f"{path}: {err}. The file is damaged; measure the speed-up again (python -m "
+            "runtime.build_engine CHECKPOINT records it)"
+        ) from None
     return results
 
 
