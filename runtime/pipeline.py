@@ -362,12 +362,8 @@ def build_and_check(
         model, info = load_source(str(model))
     info = dict(info or {})
     out = Path(output_dir)
-    checkpoint = Path(str(info.get("location") or ""))
-    if (
-        info.get("location")
-        and checkpoint.is_dir()
-        and out.resolve().is_relative_to(checkpoint.resolve())
-    ):
+    checkpoint = Path(info["location"]) if info.get("location") else None
+    if checkpoint and checkpoint.is_dir() and out.resolve().is_relative_to(checkpoint.resolve()):
         raise ValueError(
             f"--output {out} is inside the checkpoint {checkpoint}: engines and reports there "
             "would be published with it; choose a directory outside it"
