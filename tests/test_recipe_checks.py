@@ -215,6 +215,12 @@ def _config(*args: str):
             "--rank-plan caps TRP's ranks: it needs --trp (drop --no-trp)",
         ),
         (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (  # overflowed inside SGD's first step with a torch traceback
+            ["--lr", "1e308"],
+            "--lr 1e+308 does not fit in float32, the precision training uses: give a value of "
+            "magnitude at most 3.4e+38",
+        ),
+        (["--weight-decay", "1e39"], "--weight-decay 1e+39 does not fit in float32"),
         (["--nuclear-weight", "nan"], "--nuclear-weight must be a finite number, got nan"),
         (["--distill-temperature", "nan"], "--distill-temperature must be a finite number"),
         (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from timm.optim import list_optimizers
 from timm.utils import ParseKwargs
 
@@ -252,12 +253,20 @@ def config_from_args(defaults: TrainConfig, args: argparse.Namespace) -> TrainCo
     return cfg
 
 
+# the largest float32: optimizers scale float32 parameters by these numbers
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Clear errors for settings that cannot work."""
     problems = [
         f"--{f.name.replace('_', '-')} must be a finite number, got {value}"
+        if not math.isfinite(value)
+        else f"--{f.name.replace('_', '-')} {value} does not fit in float32, the precision "
+        f"training uses: give a value of magnitude at most {_FLOAT32_MAX:.3g}"
         for f in dataclasses.fields(cfg)
-        if isinstance(value := getattr(cfg, f.name), float) and not math.isfinite(value)
+        if isinstance(value := getattr(cfg, f.name), float)
+        and not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX)
     ]
     if cfg.dataset not in DATASETS:
         problems.append(f"dataset {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
