@@ -223,7 +223,13 @@ def sensitivity_images(
         split="train",
         flag=flag,
     )
-    return torch.cat([x for x, _ in images.batches(256)])
+    batch = torch.cat([x for x, _ in images.batches(256)])
+    if len(batch) < count:
+        raise DataError(
+            f"--sensitivity-images {count} is more than the {len(batch)} training "
+            f"images of {data}: use at most {len(batch)}"
+        )
+    return batch
 
 
 TEST_SPLIT_NAMES = ("test", "val", "validation", "eval", "t10k")

@@ -445,3 +445,19 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(fmnist, tmp_path, monkeypatc
         "interrupted: rerun the same command with --resume to continue from the last "
         f"checkpoint in {out / 'checkpoints'}"
     )
+
+
+def test_more_sensitivity_images_than_the_training_split_is_refused(fmnist, tmp_path) -> None:
+    """Used to price the plan on the whole split without a word."""
+    available = 96  # the training images write_fashion_mnist writes
+    out = tmp_path / "run"
+    argv = ["--data-dir", str(fmnist), "--output-dir", str(out), *QUICK]
+    argv += ["--target-latency", "0.8", "--target-sensitivity-images", str(available + 1)]
+    with pytest.raises(SystemExit) as exc:
+        run_recipe(_defaults(), "recipes/fashion_mnist_resnet18.py", argv, target_planner=print)
+    message = str(exc.value.code)
+    assert not (out / "checkpoints").exists()  # refused before any training
+    assert message == (
+        f"error: --target-sensitivity-images {available + 1} is more than the {available} "
+        f"images of the training split: use at most {available}"
+    )

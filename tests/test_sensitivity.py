@@ -189,6 +189,11 @@ def test_cli_plan_with_sensitivity_data(
             "--sensitivity-data /no/such/dir: no such directory; pass an ImageFolder directory "
             "(one sub-directory of images per class), or 'fashion-mnist'\n",
         ),
+        (  # used to price the plan on fewer images than asked, without a word
+            ["--sensitivity-data", "FMNIST", "--sensitivity-images", "97"],
+            "--sensitivity-images 97 is more than the 96 training images of FMNIST: use at "
+            "most 96\n",
+        ),
     ],
 )
 def test_cli_plan_rejects_bad_sensitivity_data(
@@ -198,7 +203,8 @@ def test_cli_plan_rejects_bad_sensitivity_data(
     extra: list[str],
     message: str,
 ) -> None:
+    data = str(write_fashion_mnist(tmp_path / "fmnist"))  # 96 training images
     no_timing(monkeypatch)
-    rc, out = cli_plan(tmp_path, *extra)
+    rc, out = cli_plan(tmp_path, *[a.replace("FMNIST", data) for a in extra])
     assert rc == 2 and out is None
-    assert message in capsys.readouterr().err
+    assert message.replace("FMNIST", data) in capsys.readouterr().err

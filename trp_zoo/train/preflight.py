@@ -100,6 +100,16 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
         raise ValueError("; ".join(problems))
 
 
+def check_data(data: DataBundle, cfg: TrainConfig) -> None:
+    """Refuse settings the loaded data set is too small for (ValueError naming the flag)."""
+    available = len(data.train)  # type: ignore[arg-type]
+    if cfg.target_sensitivity_images > available:
+        raise ValueError(
+            f"--target-sensitivity-images {cfg.target_sensitivity_images} is more than the "
+            f"{available} images of the training split: use at most {available}"
+        )
+
+
 @torch.no_grad()
 def check_model(model: nn.Module, data: DataBundle, cfg: TrainConfig) -> None:
     """Run ``model`` once on two images of the data set's size (ValueError naming the flag).

@@ -14,13 +14,13 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import DataError, ZooError
+from ..errors import ZooError
 from ..models.dense import create_dense_model, load_dense_weights
 from .config import TrainConfig, build_parser, config_from_args
 from .data import DataBundle, build_data
 from .distributed import DistInfo, cleanup, init_distributed
 from .finalize import finalize
-from .preflight import check_model, preflight
+from .preflight import check_data, check_model, preflight
 from .trainer import TargetPlanner, Trainer
 
 
@@ -99,7 +99,8 @@ def run_recipe(
         seed_everything(cfg.seed)
         try:
             data = build_data(cfg.dataset, cfg.data_dir, cfg.model, download=cfg.download)
-        except DataError as err:
+            check_data(data, cfg)
+        except ValueError as err:  # DataError included
             raise SystemExit(f"error: {err}") from None
         model = create_model(cfg, data)
         try:
