@@ -112,6 +112,12 @@ def print_plan(name: str, result: TargetPlan, weights: str, cache: str) -> None:
         f"({result.predicted_fraction:.3f} of the dense model's {result.dense_ms:.2f} ms; "
         f"{result.predicted_quotient:.2f} of the MACs reduction realized)"
     )
+    if result.layer_cost_scale < 1.0:
+        print(
+            f"note: the layers timed alone add up to more than the whole model, so their costs "
+            f"were scaled by {result.layer_cost_scale:.2f}; at this size per-call costs "
+            "dominate and the prediction is rough: check it with --measure or --calibrate"
+        )
     if not result.proportional:
         print(
             f"note: no plan within this budget is predicted to realize {result.min_quotient} of "

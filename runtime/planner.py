@@ -10,7 +10,10 @@ number that counts.
 
 The predicted latency is the dense model's measured latency minus the per-layer savings
 measured in isolation; per-graph overheads (input and output reorders, the call itself)
-are the same for a layer's dense and factorized probes and cancel in those savings.
+are the same for a layer's dense and factorized probes and cancel in those savings. Where
+the candidate layers timed alone add up to more than the whole model (small layers at
+batch 1, where each call's fixed cost dominates), every layer cost is scaled down by
+``dense latency / their sum`` so that no plan is predicted faster than the layers allow.
 """
 
 from __future__ import annotations
@@ -110,6 +113,12 @@ class Planner:
             runs=runs,
             progress=progress,
         )
+        # Layers timed alone carry per-call costs the whole model pays once; where they add
+        # up to more than the whole model (tiny layers, batch 1), every layer cost is scaled
+        # down so that they fit in it: otherwise the predicted savings can exceed the dense
+        # latency itself (predicted fractions near or below zero).
+        alone_ms = sum(lc.costs.dense_ms for lc in self.table.layers.values())
+        self.layer_cost_scale = min(1.0, self.dense_ms / alone_ms) if alone_ms > 0 else 1.0
         self.dense_macs = trp_zoo.count_flops(self.model, target.input_size)
         modules = dict(self.model.named_modules())
         self.spectra = layer_spectra({n: modules[n] for n in self.table.layers}, self.scheme)
@@ -117,10 +126,10 @@ class Planner:
         self.options = [
             LayerOptions(
                 name=name,
-                dense_ms=lc.costs.dense_ms,
+                dense_ms=self.layer_ms(name),
                 dense_macs=lc.probe.macs(None),
                 options=tuple(
-                    Option(r, lc.option_ms(r), lc.probe.macs(r), self.energy_at(name, r))
+                    Option(r, self.layer_ms(name, r), lc.probe.macs(r), self.energy_at(name, r))
                     for r in lc.ranks
                 ),
             )
@@ -242,6 +251,13 @@ class Planner:
             layers[n].probe.macs(None) - layers[n].probe.macs(r) for n, r in plan.items()
         )
 
+    def layer_ms(self, name: str, rank: int | None = None) -> float:
+        """A candidate layer's cost in the model, dense or at ``rank`` (its table's time,
+        scaled by ``layer_cost_scale``)."""
+        lc = self.table.layers[name]
+        ms = lc.costs.dense_ms if rank is None else lc.option_ms(rank)
+        return self.layer_cost_scale * ms
+
     def predicted_ms(self, plan: Mapping[str, int]) -> float | None:
         """Predicted latency of a plan whose ranks were all measured (None otherwise)."""
         saving = 0.0
@@ -249,7 +265,7 @@ class Planner:
             lc = self.table.layers.get(name)
             if lc is None or rank not in lc.costs.rank_ms:
                 return None
-            saving += lc.costs.dense_ms - lc.costs.rank_ms[rank]
+            saving += self.layer_ms(name) - self.layer_ms(name, rank)
         return self.dense_ms - saving
 
     def energy_plan(self, energy: float) -> dict[str, int]:
@@ -332,7 +348,7 @@ class Planner:
                         else self.sensitivity[lo.name].get(rank)
                     ),
                     "dense_ms": lo.dense_ms,
-                    "planned_ms": lo.dense_ms if rank is None else lc.option_ms(rank),
+                    "planned_ms": self.layer_ms(lo.name, rank),
                     "useful_ranks": [o.rank for o in lo.useful()],
                 }
             )
@@ -353,6 +369,7 @@ class Planner:
             proportional=sel.proportional,
             objective=self.objective,
             output_kl=self.output_kl(sel.plan),
+            layer_cost_scale=self.layer_cost_scale,
         )
 
 

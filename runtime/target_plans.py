@@ -38,6 +38,7 @@ class TargetPlan:
     proportional: bool = True  # min_quotient met (as predicted)
     objective: str = "energy"  # what the selection minimized (see Planner.use_sensitivity)
     output_kl: float | None = None  # summed measured divergence, with sensitivity
+    layer_cost_scale: float = 1.0  # < 1: layers timed alone summed past the whole model
 
     @property
     def predicted_quotient(self) -> float:
@@ -66,6 +67,7 @@ class TargetPlan:
                 "speedup_over_macs_reduction": self.predicted_quotient,
                 "min_quotient": self.min_quotient,
                 "min_quotient_met": self.proportional,
+                "layer_cost_scale": self.layer_cost_scale,
             },
             "macs": {
                 "dense": self.dense_macs,

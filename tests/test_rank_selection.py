@@ -611,6 +611,27 @@ def test_the_suggested_fraction_is_within_reach(
     assert planner.select(latency=0.79).predicted_fraction <= 0.79
 
 
+def test_layers_timed_alone_never_predict_more_saving_than_they_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At batch 1 a layer timed alone carries its call's fixed cost: the layers could sum to
+    more than the whole model, and the fastest plans were predicted at or below zero ms."""
+    model, tgt, cache = tiny_net(), target(), CostCache(tmp_path / "costs")
+    seeded = seed_cost_cache(model, tgt, cache=cache)
+    no_timing(monkeypatch)
+    planner = Planner(model, tgt, cache=cache, **TIMING)
+    layers = {n: seeded[n] for n in planner.table.layers}
+    alone = sum(c.dense_ms for c in layers.values())
+    fastest = sum(min(c.dense_ms, *c.rank_ms.values()) for c in layers.values())
+    # a whole model as fast as the time its layers could save when timed alone
+    model_entry = {"p50_ms": alone - fastest, "runs": 1000}
+    cache.put_model(tgt.resolve()[1], structure_key(model, INPUT), model_entry)
+    planner = Planner(model, tgt, cache=cache, **TIMING)
+    lowest = planner.select(latency=reach(planner) + 1e-6, min_quotient=0)
+    # every layer at its cheapest keeps that share of the layers' time, hence of the model's
+    assert lowest.predicted_fraction == pytest.approx(fastest / alone, rel=1e-3)
+
+
 def test_plan_ranks_reads_the_planners_cache(
     planner: Planner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
