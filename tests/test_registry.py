@@ -235,3 +235,24 @@ def test_register_local_replaces_an_older_model(tmp_path: Path) -> None:
     assert torch.equal(outputs(trp_zoo.load("mine")), outputs(new))
     # no leftovers: the checkpoint and its lock file (kept, so every writer locks one inode)
     assert sorted(p.name for p in stored.parent.iterdir()) == [".mine.lock", "mine"]
+
+
+@pytest.mark.parametrize("where", ["home", "above"])
+def test_a_zoo_home_that_is_a_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """``list`` used to say no model was stored, and ``load`` that the name was unknown."""
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    home = blocker if where == "home" else blocker / "zoo"
+    monkeypatch.setenv("TRP_ZOO_HOME", str(home))
+    what = "is a file" if where == "home" else f"is under a file ({blocker})"
+    message = (
+        f"TRP_ZOO_HOME {home} {what}, not a directory: point TRP_ZOO_HOME at a directory or "
+        "unset it (default ~/.cache/trp_zoo)"
+    )
+    with pytest.raises(trp_zoo.ZooError) as err:
+        trp_zoo.load(NAME)
+    assert str(err.value) == message
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -9,10 +9,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ZooError
+
 
 def zoo_home() -> Path:
-    """``$TRP_ZOO_HOME``, or ``~/.cache/trp_zoo``."""
-    return Path(os.environ.get("TRP_ZOO_HOME") or "~/.cache/trp_zoo").expanduser()
+    """``$TRP_ZOO_HOME`` (a relative one is taken from the current directory), or
+    ``~/.cache/trp_zoo``; ``ZooError`` when it, or a folder above it, is a file."""
+    home = Path(os.environ.get("TRP_ZOO_HOME") or "~/.cache/trp_zoo").expanduser().absolute()
+    existing = next(p for p in (home, *home.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == home else f"is under a file ({existing})"
+        raise ZooError(
+            f"TRP_ZOO_HOME {home} {what}, not a directory: point TRP_ZOO_HOME at a directory "
+            "or unset it (default ~/.cache/trp_zoo)"
+        )
+    return home
 
 
 def zoo_subdir(name: str) -> Path:

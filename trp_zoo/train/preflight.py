@@ -66,14 +66,14 @@ def preflight(cfg: TrainConfig, *, main_process: bool = True) -> None:
         else:
             if problem := _registry_mismatch(cfg):
                 problems.append(problem)
-            home = zoo_home()
-            if home.exists() and not home.is_dir():
-                problems.append(
-                    f"TRP_ZOO_HOME {home} is a file, not a directory: point TRP_ZOO_HOME at a "
-                    "directory (or --model-name none to skip registering)"
-                )
-            elif main_process and (problem := writable_dir_problem(store_dir(), "the local store")):
-                problems.append(f"{problem} (set TRP_ZOO_HOME, or --model-name none)")
+            try:
+                zoo_home()
+            except ZooError as err:
+                problems.append(f"{err}, or --model-name none to skip registering")
+            else:
+                store = store_dir()
+                if main_process and (problem := writable_dir_problem(store, "the local store")):
+                    problems.append(f"{problem} (set TRP_ZOO_HOME, or --model-name none)")
     if cfg.push_to_hub:
         try:
             check_repo_id(cfg.push_to_hub)
