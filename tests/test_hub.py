@@ -258,7 +258,7 @@ def test_publish_to_huggingface_co(tmp_path: Path) -> None:
 def test_a_factorized_vit_publishes_and_loads_with_its_linear_plan(
     hub: OlahHub, tmp_path: Path
 ) -> None:
-    from tiny_timm import ARCHITECTURES
+    from tests.tiny_timm import ARCHITECTURES
 
     name, kwargs, size = ARCHITECTURES["vit"]
     dense = timm.create_model(name, num_classes=4, **kwargs).eval()

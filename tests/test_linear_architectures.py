@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from tiny_timm import ARCHITECTURES
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import trp_zoo
+from tests.tiny_timm import ARCHITECTURES
 from trp_zoo import FactorizedConv2d, FactorizedLinear, count_flops, decompose, rank_plan
 from trp_zoo.algorithms.decompose import project_weights
 from trp_zoo.algorithms.layers import classifier_names, select_targets
