@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _project = lowrank.SubspaceProjector.__call__
 
 
-def _perturbed(self, matrix, criterion):
-    result = _project(self, matrix, criterion)
+def _perturbed(self, matrix, criterion, **kwargs):
+    result = _project(self, matrix, criterion, **kwargs)
     if dist.is_initialized() and dist.get_rank() == 1:
         result.projected = result.projected + 1e-3 * torch.randn_like(result.projected)
     return result

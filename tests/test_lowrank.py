@@ -36,16 +36,22 @@ def test_svd_rejects_unknown_method() -> None:
         svd(torch.eye(3), "qr")  # type: ignore[arg-type]
 
 
+# the bounds lowrank's docstring states; rank 56 of 64 projects through the discarded
+# directions, and the float32 Gram's small eigenvectors limit it (the kept-directions
+# formulas measured the same: at most 2.5e-6 over eight seeds)
+@pytest.mark.parametrize(("rank", "bound"), [(12, 1.5e-6), (56, 3e-6)])
 @pytest.mark.parametrize("tall", [False, True])
 @pytest.mark.parametrize("method", ["exact", "gram", "subspace"])
-def test_projection_is_truncation_and_direction_is_uv(method: str, tall: bool) -> None:
-    a = decaying(64, 200).T if tall else decaying(64, 200)
-    proj = SubspaceProjector(method)(a, FixedRank(12))
-    assert proj.rank == 12 and proj.full
-    assert rel(proj.projected, truncation(a, 12)) < 1.5e-6  # the bound lowrank's docstring states
+def test_projection_is_truncation_and_direction_is_uv(
+    method: str, tall: bool, rank: int, bound: float
+) -> None:
+    a = decaying(64, 200, 0.95).T if tall else decaying(64, 200, 0.95)
+    proj = SubspaceProjector(method)(a, FixedRank(rank))
+    assert proj.rank == rank and proj.full
+    assert rel(proj.projected, truncation(a, rank)) < bound
     u, _, vh = exact_svd(a)
-    assert rel(proj.nuclear_direction, (u[:, :12] @ vh[:12]).float()) < 1e-4
-    assert torch.linalg.matrix_rank(proj.projected.double(), rtol=1e-6) == 12
+    assert rel(proj.nuclear_direction, (u[:, :rank] @ vh[:rank]).float()) < 1e-4
+    assert torch.linalg.matrix_rank(proj.projected.double(), rtol=1e-6) == rank
 
 
 def test_tracked_projection_stays_close_to_exact() -> None:

@@ -61,10 +61,12 @@ def test_weights_have_chosen_rank_after_projection(scheme: str) -> None:
     assert all(r < 16 for r in hook.ranks.values())
 
 
-def test_subgradient_lands_only_on_period_steps() -> None:
+# energy 0.3 keeps few directions; 0.9 most of them (projected through the discarded ones)
+@pytest.mark.parametrize("energy", [0.3, 0.9])
+def test_subgradient_lands_only_on_period_steps(energy: float) -> None:
     model = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    hook = TRP(model, "channel", energy=0.8, period=3, nuclear_weight=LAMBDA).attach(opt)
+    hook = TRP(model, "channel", energy=energy, period=3, nuclear_weight=LAMBDA).attach(opt)
     conv = hook.targets["4"]
     for step in range(9):
         opt.zero_grad()
@@ -80,6 +82,27 @@ def test_subgradient_lands_only_on_period_steps() -> None:
             expected = torch.zeros_like(raw)
         opt.step()
         torch.testing.assert_close(conv.weight.grad - raw, expected, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("energy", [0.3, 0.9])
+def test_channels_last_weights_train_as_contiguous_ones(energy: float) -> None:
+    """A contiguous weight is projected in place and gets its direction in one product; a
+    channels-last one goes through copies. Both must train the same."""
+    models = [net(), None]
+    models[1] = copy.deepcopy(models[0]).to(memory_format=torch.channels_last)
+    hooks = []
+    for model in models:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        hooks.append(TRP(model, "channel", energy=energy, period=2, nuclear_weight=LAMBDA))
+        hooks[-1].attach(opt)
+        for step in range(5):
+            opt.zero_grad()
+            backward(model, step)
+            opt.step()
+    assert hooks[1].targets["4"].weight.is_contiguous(memory_format=torch.channels_last)
+    assert hooks[0].ranks == hooks[1].ranks and hooks[0].history == hooks[1].history
+    for name, conv in hooks[0].targets.items():
+        torch.testing.assert_close(conv.weight, hooks[1].targets[name].weight, atol=2e-5, rtol=0)
 
 
 def test_period_one_projects_before_the_first_step() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from ..lowrank.convs import ConvGeometry, is_plain
 from ..lowrank.criteria import EnergyThreshold, FixedRank, RankCriterion
 from ..lowrank.linears import LayerKind, check_kind, layer_scheme, looked_for
 from ..lowrank.schemes import Scheme, get_scheme
-from ..lowrank.svd import Method, SubspaceProjector, nuclear_subgradient
+from ..lowrank.svd import Method, Projection, SubspaceProjector, nuclear_subgradient, one_thread
 from ..modules import unwrap_model
 from .decompose import check_plan_ranks, validated_plan
 from .layers import Patterns, select_targets
@@ -93,7 +94,8 @@ class TRP:
         self.projection_seconds = 0.0
         self.full_decompositions = 0
         self.tracked_decompositions = 0
-        self._pending: dict[str, Tensor] = {}
+        # per layer: the projection whose direction the next step adds (or the direction)
+        self._pending: dict[str, Tensor | Projection] = {}
         self._projected_step: int | None = None  # the period step the last projection prepared
         self._handles: list[Any] = []
 
@@ -133,14 +135,28 @@ class TRP:
             handle.remove()
         self._handles = []
 
+    @torch.no_grad()
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if not self._pending:
             return
-        for name, direction in self._pending.items():
+        for name, pending in self._pending.items():
             grad = self.targets[name].weight.grad
-            if grad is not None:
-                grad.add_(direction, alpha=self.nuclear_weight)
+            if grad is None:
+                continue
+            matrix = self.schemes[name].to_matrix(grad)
+            if isinstance(pending, Projection) and _is_view_of(matrix, grad):
+                pending.add_direction(matrix, self.nuclear_weight)
+            else:
+                grad.add_(self._direction(name), alpha=self.nuclear_weight)
         self._pending = {}
+
+    def _direction(self, name: str) -> Tensor:
+        """The pending nuclear-norm direction of one layer, formed, in the weight's shape."""
+        pending = self._pending[name]
+        if isinstance(pending, Tensor):
+            return pending
+        shape = tuple(self.targets[name].weight.shape)
+        return self.schemes[name].from_matrix(pending.nuclear_direction, shape)
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
@@ -180,26 +196,52 @@ class TRP:
             projecting = self.projecting
         if not projecting:
             self._nuclear_only(queue_direction)
-        for name, conv in self.targets.items() if projecting else ():
-            weight = conv.weight
-            criterion = (
-                FixedRank(fixed[name]) if fixed and name in fixed else self.criterion_for(name)
-            )
-            sch = self.schemes[name]
-            result = self.projectors[name](sch.to_matrix(weight), criterion)
-            weight.copy_(sch.from_matrix(result.projected, tuple(weight.shape)))
+        results = self._projections(fixed) if projecting else {}
+        for name, (matrix, result) in results.items():
+            weight = self.targets[name].weight
+            if result.projected is not matrix or not _is_view_of(matrix, weight):
+                weight.copy_(self.schemes[name].from_matrix(result.projected, tuple(weight.shape)))
             self.ranks[name] = result.rank
             if result.full:
                 self.full_decompositions += 1
             else:
                 self.tracked_decompositions += 1
             if queue_direction and self.nuclear_weight > 0:
-                self._pending[name] = sch.from_matrix(result.nuclear_direction, tuple(weight.shape))
+                self._pending[name] = result  # its direction is added by the next step
         self._sync_ranks()
         if queue_direction:
             self._projected_step = self.step
         self.projection_seconds += time.perf_counter() - start
         self.history.append({"step": self.step, "ranks": dict(self.ranks)})
+
+    def _projections(self, fixed: Mapping[str, int] | None) -> dict[str, tuple[Tensor, Projection]]:
+        """Every target's matrix and projection, in target order. A matrix that is a view of
+        its weight is projected in place.
+
+        On CPU the layers are projected in parallel, largest first, each on one intra-op
+        thread: LAPACK calls run on one thread anyway (``lowrank.svd.one_thread``), and two
+        of them side by side on two cores take half the time. Each layer's result does not
+        depend on the schedule.
+        """
+
+        def project(name: str) -> tuple[Tensor, Projection]:
+            criterion = (
+                FixedRank(fixed[name]) if fixed and name in fixed else self.criterion_for(name)
+            )
+            weight = self.targets[name].weight.detach()  # grad mode is per thread
+            matrix = self.schemes[name].to_matrix(weight)
+            in_place = _is_view_of(matrix, weight)
+            return matrix, self.projectors[name](matrix, criterion, in_place=in_place)
+
+        workers = torch.get_num_threads()
+        on_cpu = all(m.weight.device.type == "cpu" for m in self.targets.values())
+        if workers == 1 or not on_cpu:
+            return {name: project(name) for name in self.targets}
+        largest_first = sorted(self.targets, key=lambda n: -self.targets[n].weight.numel())
+        # threads started inside one_thread() run their torch kernels on one thread
+        with one_thread(), ThreadPoolExecutor(workers, thread_name_prefix="trp") as pool:
+            done = dict(zip(largest_first, pool.map(project, largest_first), strict=True))
+        return {name: done[name] for name in self.targets}
 
     def _nuclear_only(self, queue_direction: bool) -> None:
         """Nuclear-norm regularization alone: full-rank ``U V^T`` sub-gradient, no projection."""
@@ -219,7 +261,9 @@ class TRP:
         for name, conv in self.targets.items():
             dist.broadcast(conv.weight.data, src=0)
             if name in self._pending:
-                dist.broadcast(self._pending[name], src=0)
+                direction = self._direction(name).contiguous()
+                self._pending[name] = direction
+                dist.broadcast(direction, src=0)
 
     # -- reporting and checkpoints ----------------------------------------------------
     def macs_per_pixel(self) -> dict[str, tuple[int, int]]:
@@ -237,7 +281,7 @@ class TRP:
             "step": self.step,
             "ranks": dict(self.ranks),
             "history": list(self.history),
-            "pending": {n: t.clone() for n, t in self._pending.items()},
+            "pending": {n: self._direction(n).clone() for n in self._pending},
             "projected_step": self._projected_step,
             "projectors": {n: p.state_dict() for n, p in self.projectors.items()},
             "projection_seconds": self.projection_seconds,
@@ -269,3 +313,10 @@ class TRP:
             f"TRP(scheme={self.scheme.name}, criterion={self.criterion!r}, period={self.period}, "
             f"nuclear_weight={self.nuclear_weight}, layers={len(self.targets)}, step={self.step})"
         )
+
+
+def _is_view_of(matrix: Tensor, tensor: Tensor) -> bool:
+    """Whether ``matrix`` (``to_matrix`` of ``tensor``) lays out ``tensor``'s own memory, so
+    that writing into it writes ``tensor`` (the channel scheme of a contiguous weight)."""
+    same = matrix.data_ptr() == tensor.data_ptr() and matrix.numel() == tensor.numel()
+    return same and matrix.is_contiguous() and tensor.is_contiguous()
