@@ -208,6 +208,9 @@ def main() -> None:
             run.timed_block(cfg.period)
         projection_seconds.append(hook.projection_seconds - before[0])
         full.append(hook.full_decompositions - before[1])
+        if (block + 1) * cfg.period // steps_per_epoch > block * cfg.period // steps_per_epoch:
+            so_far = overhead(plain.block_seconds, trained.block_seconds)
+            print(f"step {(block + 1) * cfg.period} of {blocks * cfg.period}: {so_far}", flush=True)
 
     by_epoch = []
     for epoch in range(cfg.epochs):  # timed block i is block i + 1 of the run
@@ -284,6 +287,7 @@ def main() -> None:
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "software": software_versions(),
