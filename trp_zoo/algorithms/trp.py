@@ -143,11 +143,12 @@ class TRP:
             grad = self.targets[name].weight.grad
             if grad is None:
                 continue
-            matrix = self.schemes[name].to_matrix(grad)
-            if isinstance(pending, Projection) and _is_view_of(matrix, grad):
-                pending.add_direction(matrix, self.nuclear_weight)
-            else:
-                grad.add_(self._direction(name), alpha=self.nuclear_weight)
+            if isinstance(pending, Projection):
+                matrix = self.schemes[name].to_matrix(grad)
+                if _is_view_of(matrix, grad):
+                    pending.add_direction(matrix, self.nuclear_weight)
+                    continue
+            grad.add_(self._direction(name), alpha=self.nuclear_weight)
         self._pending = {}
 
     def _direction(self, name: str) -> Tensor:
@@ -199,7 +200,7 @@ class TRP:
         results = self._projections(fixed) if projecting else {}
         for name, (matrix, result) in results.items():
             weight = self.targets[name].weight
-            if result.projected is not matrix or not _is_view_of(matrix, weight):
+            if result.projected is not matrix:  # not projected in place
                 weight.copy_(self.schemes[name].from_matrix(result.projected, tuple(weight.shape)))
             self.ranks[name] = result.rank
             if result.full:
